@@ -1,0 +1,76 @@
+"""Authentication of terminals (``Api-Key``) and members (``Bearer``).
+
+Both keys are high-entropy secrets stored hashed (SHA-512 / SHA-256) and found
+by their public prefix in one query.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from members.models import Member, MemberToken, Terminal, TerminalAPIKey
+
+
+def _credentials(request: Request, keyword: str) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _sep, value = header.partition(" ")
+    if scheme.lower() != keyword.lower():
+        return None
+    value = value.strip()
+    if not value:
+        raise exceptions.AuthenticationFailed(_("Invalid authorization header: no credentials."))
+    return value
+
+
+class TerminalApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Api-Key"
+
+    def authenticate(self, request: Request) -> tuple[Terminal, TerminalAPIKey] | None:
+        key = _credentials(request, self.keyword)
+        if key is None:
+            return None
+        prefix, _dot, _secret = key.partition(".")
+        api_key = TerminalAPIKey.objects.select_related("terminal__store").filter(prefix=prefix, revoked=False).first()
+        if (
+            api_key is None
+            or not api_key.is_valid(key)
+            or api_key.has_expired
+            or not api_key.terminal.is_active
+            or not api_key.terminal.store.is_active
+        ):
+            raise exceptions.AuthenticationFailed(_("Invalid or revoked API key."))
+        return api_key.terminal, api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword
+
+
+class MemberTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Member, MemberToken] | None:
+        from members.services import token_hash
+
+        value = _credentials(request, self.keyword)
+        if value is None:
+            return None
+        prefix, _dot, secret = value.partition(".")
+        token = (
+            MemberToken.objects.select_related("member__tier").filter(prefix=prefix, revoked_at__isnull=True).first()
+        )
+        if (
+            token is None
+            or not hmac.compare_digest(token.key_hash, token_hash(secret))
+            or token.expires_at <= timezone.now()
+            or token.member.status == Member.Status.CLOSED
+        ):
+            raise exceptions.AuthenticationFailed(_("Invalid, expired or revoked member token."))
+        return token.member, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword

@@ -1,0 +1,69 @@
+"""The one error hierarchy: every refusal the product makes has a stable code.
+
+POS clients branch on ``code``; ``message`` is a translated template (never an
+f-string) formatted with ``params``; ``detail`` carries machine-readable context.
+``loyalty.api.exception_handler`` renders these as
+``{"error": {"code", "message", "detail"}}`` with ``http_status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+
+
+class LoyaltyError(Exception):
+    code: str = "error"
+    http_status: int = 400
+    message: Any = _("The request could not be completed.")
+
+    def __init__(self, message: Any = None, *, detail: dict[str, Any] | None = None, **params: Any) -> None:
+        if message is not None:
+            self.message = message
+        self.detail = detail or {}
+        self.params = params
+        super().__init__(self.code)
+
+    def render_message(self) -> str:
+        text = str(self.message)
+        return text % self.params if self.params else text
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.render_message()}"
+
+
+class InvalidInput(LoyaltyError):
+    code = "invalid_input"
+    http_status = 400
+    message = _("The request contains invalid values.")
+
+
+class NotFound(LoyaltyError):
+    code = "not_found"
+    http_status = 404
+    message = _("Not found.")
+
+
+class Forbidden(LoyaltyError):
+    code = "permission_denied"
+    http_status = 403
+    message = _("You are not allowed to do this.")
+
+
+class Conflict(LoyaltyError):
+    code = "conflict"
+    http_status = 409
+    message = _("The request conflicts with the current state.")
+
+
+class TooManyAttempts(LoyaltyError):
+    code = "too_many_attempts"
+    http_status = 429
+    message = _("Too many failed attempts. Wait %(retry_after)s seconds and try again.")
+
+
+class ServiceUnavailable(LoyaltyError):
+    code = "service_unavailable"
+    http_status = 503
+    message = _("The service is temporarily unavailable. Retry with the same Idempotency-Key.")

@@ -1,0 +1,229 @@
+"""Settings for the loyalty back office.
+
+Everything is read through one django-environ ``env``. With no environment at
+all the project runs on the embedded PostgreSQL and Redis that
+``scripts/devservices.py`` keeps under ``var/`` (``make run``, ``make test``);
+``DATABASE_URL`` and ``REDIS_URL`` point it at real servers instead.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+# -----------------------------------------------------------------------------
+# Core
+# -----------------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set in the environment unless DEBUG=1.")
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"  # noqa: S105
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+VAR_DIR = Path(env("LOYALTY_VAR_DIR", default=str(BASE_DIR / "var")))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_api_key",
+    "django_filters",
+    "drf_spectacular",
+    "django_celery_beat",
+    "loyalty",
+    "members",
+    "points",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "loyalty.urls"
+WSGI_APPLICATION = "loyalty.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# -----------------------------------------------------------------------------
+# Database: embedded PostgreSQL on a Unix socket in var/run unless DATABASE_URL
+# -----------------------------------------------------------------------------
+if env("DATABASE_URL", default=""):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": env("LOYALTY_DB_NAME", default="loyalty"),
+            "USER": "postgres",
+            "HOST": str(VAR_DIR / "run"),
+        }
+    }
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# -----------------------------------------------------------------------------
+# Redis: Celery broker and the cache (throttling counters)
+# -----------------------------------------------------------------------------
+_EMBEDDED_REDIS_SOCKET = VAR_DIR / "run" / "redis.sock"
+REDIS_URL = env("REDIS_URL", default=f"unix://{_EMBEDDED_REDIS_SOCKET}")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "loyalty",
+        "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
+    }
+}
+
+# -----------------------------------------------------------------------------
+# Celery
+# -----------------------------------------------------------------------------
+_DEFAULT_BROKER = REDIS_URL.replace("unix://", "redis+socket://", 1) if REDIS_URL.startswith("unix://") else REDIS_URL
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_DEFAULT_BROKER)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # Every minute: proves beat and a worker are alive (read by /healthz).
+    "heartbeat": {"task": "loyalty.tasks.heartbeat", "schedule": 60.0},
+}
+# /healthz reports beat unhealthy when its heartbeat is older than this.
+LOYALTY_HEARTBEAT_MAX_AGE_SECONDS = env.int("LOYALTY_HEARTBEAT_MAX_AGE_SECONDS", default=180)
+
+# -----------------------------------------------------------------------------
+# Auth, i18n, time
+# -----------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = env("LANGUAGE_CODE", default="zh-hans")
+LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env("TIME_ZONE", default="Asia/Shanghai")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+
+# -----------------------------------------------------------------------------
+# Security (production values when DEBUG is off)
+# -----------------------------------------------------------------------------
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+# -----------------------------------------------------------------------------
+# Django REST framework and the OpenAPI schema
+# -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "loyalty.api.exception_handler.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Loyalty back office API",
+    "DESCRIPTION": "Terminal (POS), member (mini-program) and operator API, v1.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
+
+# -----------------------------------------------------------------------------
+# Loyalty programme
+# -----------------------------------------------------------------------------
+# Member code: TOTP-like step in seconds; accepted for this step plus one of skew.
+LOYALTY_MEMBER_CODE_STEP_SECONDS = env.int("LOYALTY_MEMBER_CODE_STEP_SECONDS", default=60)
+# A purchase queued offline may carry a code up to this late (paid_at within its window).
+LOYALTY_OFFLINE_CODE_DELAY_SECONDS = env.int("LOYALTY_OFFLINE_CODE_DELAY_SECONDS", default=600)
+# Failed identifications allowed per terminal per window before 429.
+LOYALTY_IDENTIFY_FAILURES_LIMIT = env.int("LOYALTY_IDENTIFY_FAILURES_LIMIT", default=10)
+LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS = env.int("LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS", default=300)
+# Server-side secret mixed into every member code (defaults to SECRET_KEY).
+LOYALTY_MEMBER_CODE_SECRET = env("LOYALTY_MEMBER_CODE_SECRET", default=SECRET_KEY)
+# Member bearer tokens.
+LOYALTY_MEMBER_TOKEN_TTL_DAYS = env.int("LOYALTY_MEMBER_TOKEN_TTL_DAYS", default=30)
+# WeChat login: "dev" accepts dev-<openid>; "wechat" calls code2session.
+LOYALTY_WECHAT_ADAPTER = env("LOYALTY_WECHAT_ADAPTER", default="dev" if DEBUG else "wechat")
+WECHAT_APP_ID = env("WECHAT_APP_ID", default="")
+WECHAT_APP_SECRET = env("WECHAT_APP_SECRET", default="")
+WECHAT_API_BASE = env("WECHAT_API_BASE", default="https://api.weixin.qq.com")
+# Signed WeChat session handed to the client between login and register.
+LOYALTY_WECHAT_SESSION_MAX_AGE_SECONDS = env.int("LOYALTY_WECHAT_SESSION_MAX_AGE_SECONDS", default=1800)
+# Phone numbers are parsed in this region when given without a country code.
+LOYALTY_PHONE_REGION = env("LOYALTY_PHONE_REGION", default="CN")
+# Cash value of points: this many points pay 1 CNY.
+LOYALTY_POINTS_PER_CNY = env.int("LOYALTY_POINTS_PER_CNY", default=100)
+
+# -----------------------------------------------------------------------------
+# Logging
+# -----------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

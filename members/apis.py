@@ -1,0 +1,375 @@
+"""Terminal and member API of the members app: one APIView per operation."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import segno
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from loyalty.api.authentication import MemberTokenAuthentication, TerminalApiKeyAuthentication
+from loyalty.api.permissions import IsMember, IsTerminal
+from loyalty.api.schema import errors
+from members import selectors, services
+from members.errors import MemberNotFound, WechatSessionInvalid
+from members.models import Member, Terminal, Tier
+from members.wechat import get_adapter
+
+WECHAT_SESSION_SALT = "loyalty.wechat-session"
+
+
+# -----------------------------------------------------------------------------
+# Shared output shapes
+# -----------------------------------------------------------------------------
+class TierOutputSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    discount_rate = serializers.DecimalField(max_digits=4, decimal_places=2)
+    earn_multiplier = serializers.DecimalField(max_digits=4, decimal_places=2)
+
+
+class ExpiringPointsSerializer(serializers.Serializer):
+    expires_on = serializers.DateField()
+    points = serializers.IntegerField()
+
+
+class PointsSummarySerializer(serializers.Serializer):
+    balance = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    cash_value = serializers.DecimalField(max_digits=14, decimal_places=2)
+    expiring_30d = serializers.IntegerField()
+    expiring = ExpiringPointsSerializer(many=True)
+
+
+class CouponSummarySerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    value = serializers.DecimalField(max_digits=12, decimal_places=2)
+    valid_until = serializers.DateTimeField()
+
+
+def points_summary(member: Member) -> dict[str, Any]:
+    """Balance and expiry of a member, as the points app computes it."""
+    from points.selectors import points_summary_get
+
+    return points_summary_get(member=member)
+
+
+def coupons_usable(member: Member, terminal: Terminal | None) -> list[dict[str, Any]]:
+    from points.selectors import coupons_usable_get
+
+    return coupons_usable_get(member=member, store=terminal.store if terminal else None)
+
+
+def tier_output(member: Member) -> dict[str, Any]:
+    return tier_output_for(member.tier)
+
+
+def tier_output_for(tier: Tier) -> dict[str, Any]:
+    return {
+        "code": tier.code,
+        "name": tier.name,
+        "discount_rate": tier.discount_rate,
+        "earn_multiplier": tier.earn_multiplier,
+    }
+
+
+# -----------------------------------------------------------------------------
+# Terminal API
+# -----------------------------------------------------------------------------
+class TerminalMemberOutputSerializer(serializers.Serializer):
+    member_no = serializers.CharField()
+    name = serializers.CharField(help_text="Masked, e.g. 王**.")
+    phone = serializers.CharField(help_text="Masked, e.g. 138****5678.")
+    status = serializers.ChoiceField(choices=Member.Status.choices)
+    tier = TierOutputSerializer()
+    points = PointsSummarySerializer()
+    coupons = CouponSummarySerializer(many=True)
+    identified_by = serializers.ChoiceField(choices=["code", "member_no", "phone"])
+
+
+def terminal_member_output(
+    member: Member, terminal: Terminal, identified_by: str, points: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "member_no": member.member_no,
+        "name": member.masked_name,
+        "phone": member.masked_phone,
+        "status": member.status,
+        "tier": tier_output(member),
+        "points": points if points is not None else points_summary(member),
+        "coupons": coupons_usable(member, terminal) if member.status == Member.Status.ACTIVE else [],
+        "identified_by": identified_by,
+    }
+
+
+class MemberIdentifyApi(APIView):
+    """Scan a member code at the till (or type a member number or phone)."""
+
+    authentication_classes = [TerminalApiKeyAuthentication]
+    permission_classes = [IsTerminal]
+
+    class InputSerializer(serializers.Serializer):
+        code = serializers.CharField(max_length=64, help_text="Scanned member code, member number or phone.")
+
+    @extend_schema(
+        operation_id="terminal_identify",
+        tags=["terminal"],
+        request=InputSerializer,
+        responses={200: TerminalMemberOutputSerializer, **errors(400, 401, 404, 410, 429)},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.InputSerializer, request)
+        identified = selectors.member_resolve(value=data["code"], terminal=request.user)
+        member = identified.member
+        if identified.by_code:
+            by = "code"
+        elif member.member_no == data["code"].strip():
+            by = "member_no"
+        else:
+            by = "phone"
+        return Response(terminal_member_output(member, request.user, by))
+
+
+class MemberEnrolApi(APIView):
+    """Enrol a walk-in customer by phone, or return the member who has it."""
+
+    authentication_classes = [TerminalApiKeyAuthentication]
+    permission_classes = [IsTerminal]
+
+    class InputSerializer(serializers.Serializer):
+        phone = serializers.CharField(max_length=32)
+        name = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+        birthday = serializers.DateField(required=False, allow_null=True, default=None)
+        gender = serializers.ChoiceField(choices=Member.Gender.choices, required=False, default=Member.Gender.UNKNOWN)
+        marketing_consent = serializers.BooleanField(required=False, default=False)
+
+        def validate_birthday(self, value: Any) -> Any:
+            return _birthday_check(value)
+
+    @extend_schema(
+        operation_id="terminal_member_enrol",
+        tags=["terminal"],
+        request=InputSerializer,
+        responses={
+            201: TerminalMemberOutputSerializer,
+            200: TerminalMemberOutputSerializer,
+            **errors(400, 401, 409),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.InputSerializer, request)
+        terminal: Terminal = request.user
+        with transaction.atomic(durable=True):
+            member, created = services.member_enrol(
+                **data, store=terminal.store, channel=Member.Channel.STORE, by_terminal=terminal
+            )
+        output = terminal_member_output(member, terminal, "phone")
+        return Response(output, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+# -----------------------------------------------------------------------------
+# Member authentication
+# -----------------------------------------------------------------------------
+class TokenOutputSerializer(serializers.Serializer):
+    registered = serializers.BooleanField()
+    token = serializers.CharField(required=False)
+    expires_at = serializers.DateTimeField(required=False)
+    member_no = serializers.CharField(required=False)
+    wechat_session = serializers.CharField(
+        required=False, help_text="When not registered: pass to /api/v1/auth/register with the phone."
+    )
+
+
+def _token_response(member: Member, http_status: int = 200) -> Response:
+    token, raw = services.member_token_issue(member=member)
+    return Response(
+        {"registered": True, "token": raw, "expires_at": token.expires_at, "member_no": member.member_no},
+        status=http_status,
+    )
+
+
+class WechatLoginApi(APIView):
+    """Exchange a WeChat login code for a member token (or a session to register with)."""
+
+    authentication_classes: list[type] = []
+    permission_classes: list[type] = []
+
+    class InputSerializer(serializers.Serializer):
+        code = serializers.CharField(max_length=128)
+
+    @extend_schema(
+        operation_id="auth_wechat",
+        tags=["member"],
+        request=InputSerializer,
+        responses={200: TokenOutputSerializer, **errors(400, 401)},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.InputSerializer, request)
+        openid = get_adapter().code_to_openid(data["code"])
+        member = Member.objects.filter(wechat_openid=openid).exclude(status=Member.Status.CLOSED).first()
+        if member is None:
+            session = signing.dumps({"openid": openid}, salt=WECHAT_SESSION_SALT)
+            return Response({"registered": False, "wechat_session": session})
+        with transaction.atomic(durable=True):
+            return _token_response(member)
+
+
+class MemberRegisterApi(APIView):
+    """Bind a WeChat login to a new member, or to the existing member with this phone."""
+
+    authentication_classes: list[type] = []
+    permission_classes: list[type] = []
+
+    class InputSerializer(serializers.Serializer):
+        wechat_session = serializers.CharField(max_length=512)
+        phone = serializers.CharField(max_length=32)
+        name = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+        birthday = serializers.DateField(required=False, allow_null=True, default=None)
+        gender = serializers.ChoiceField(choices=Member.Gender.choices, required=False, default=Member.Gender.UNKNOWN)
+        marketing_consent = serializers.BooleanField(required=False, default=False)
+
+        def validate_birthday(self, value: Any) -> Any:
+            return _birthday_check(value)
+
+    @extend_schema(
+        operation_id="auth_register",
+        tags=["member"],
+        request=InputSerializer,
+        responses={201: TokenOutputSerializer, 200: TokenOutputSerializer, **errors(400, 401, 409)},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.InputSerializer, request)
+        try:
+            session = signing.loads(
+                data.pop("wechat_session"),
+                salt=WECHAT_SESSION_SALT,
+                max_age=settings.LOYALTY_WECHAT_SESSION_MAX_AGE_SECONDS,
+            )
+        except signing.BadSignature:
+            raise WechatSessionInvalid() from None
+        openid = session["openid"]
+        with transaction.atomic(durable=True):
+            member, created = services.member_enrol(**data, channel=Member.Channel.MINI_PROGRAM, wechat_openid=None)
+            member = services.member_bind_wechat(member=member, openid=openid)
+            return _token_response(member, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+# -----------------------------------------------------------------------------
+# Member API
+# -----------------------------------------------------------------------------
+class TierProgressSerializer(serializers.Serializer):
+    qualifying_spend = serializers.DecimalField(max_digits=14, decimal_places=2)
+    next_tier = TierOutputSerializer(allow_null=True)
+    next_threshold = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+
+
+class MeOutputSerializer(serializers.Serializer):
+    member_no = serializers.CharField()
+    name = serializers.CharField()
+    phone = serializers.CharField()
+    gender = serializers.CharField()
+    birthday = serializers.DateField(allow_null=True)
+    status = serializers.CharField()
+    registered_at = serializers.DateTimeField()
+    marketing_consent = serializers.BooleanField()
+    tier = TierOutputSerializer()
+    tier_since = serializers.DateTimeField()
+    tier_progress = TierProgressSerializer()
+    points = PointsSummarySerializer()
+
+
+class MeApi(APIView):
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    @extend_schema(operation_id="me", tags=["member"], responses={200: MeOutputSerializer, **errors(401)})
+    def get(self, request: Request) -> Response:
+        from points.selectors import qualifying_spend_get
+
+        member: Member = request.user
+        spend = qualifying_spend_get(member=member)
+        next_tier = selectors.tier_next(member.tier)
+        progress = {
+            "qualifying_spend": spend,
+            "next_tier": tier_output_for(next_tier) if next_tier else None,
+            "next_threshold": next_tier.threshold if next_tier else None,
+            "remaining": max(next_tier.threshold - spend, Decimal("0.00")) if next_tier else None,
+        }
+        return Response(
+            {
+                "member_no": member.member_no,
+                "name": member.name,
+                "phone": member.phone,
+                "gender": member.gender,
+                "birthday": member.birthday,
+                "status": member.status,
+                "registered_at": member.created_at,
+                "marketing_consent": member.marketing_consent,
+                "tier": tier_output(member),
+                "tier_since": member.tier_since,
+                "tier_progress": progress,
+                "points": points_summary(member),
+            }
+        )
+
+
+class MeCodeOutputSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="18 digits; show as QR and barcode.")
+    seconds_to_live = serializers.IntegerField(help_text="Seconds until the next code; refresh before then.")
+    step_seconds = serializers.IntegerField()
+    qr_svg = serializers.CharField(help_text="The code as a QR image (SVG markup).")
+
+
+class MeCodeApi(APIView):
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    @extend_schema(operation_id="me_code", tags=["member"], responses={200: MeCodeOutputSerializer, **errors(401)})
+    def get(self, request: Request) -> Response:
+        member: Member = request.user
+        if member.status == Member.Status.CLOSED:
+            raise MemberNotFound()
+        code, ttl = selectors.member_code_current(member=member)
+        qr = segno.make(code, error="m", micro=False)
+        return Response(
+            {
+                "code": code,
+                "seconds_to_live": ttl,
+                "step_seconds": settings.LOYALTY_MEMBER_CODE_STEP_SECONDS,
+                "qr_svg": qr.svg_inline(scale=6, border=2),
+            }
+        )
+
+
+# -----------------------------------------------------------------------------
+# Helpers
+# -----------------------------------------------------------------------------
+def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _birthday_check(value: Any) -> Any:
+    from django.utils import timezone
+    from django.utils.translation import gettext as _
+
+    if value is None:
+        return value
+    today = timezone.localdate()
+    if value > today or value.year < today.year - 120:
+        raise serializers.ValidationError(_("Birthday must be a real date in the past."))
+    return value

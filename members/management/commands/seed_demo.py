@@ -1,0 +1,29 @@
+from django.core.management.base import BaseCommand, CommandParser
+
+from loyalty.models import Heartbeat
+from members import demo
+
+
+class Command(BaseCommand):
+    help = "Seed demo data once: stores, terminals (keys printed), members, and their history."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--members", type=int, default=3000)
+        parser.add_argument("--force", action="store_true", help="Seed again even if done before")
+
+    def handle(self, *args: object, **options: int) -> None:
+        if Heartbeat.objects.filter(name="seed_demo").exists() and not options["force"]:
+            self.stdout.write("Demo data already seeded; keeping it.")
+            return
+        from django.utils import timezone
+
+        stores, keys = demo.seed_stores_and_terminals()
+        count = demo.seed_members(count=options["members"], stores=stores)
+        self.stdout.write(f"Seeded {len(stores)} stores and {count} members.")
+        for extra in demo.EXTRA_SEEDERS:
+            self.stdout.write(extra())
+        Heartbeat.objects.update_or_create(name="seed_demo", defaults={"at": timezone.now()})
+        if keys:
+            self.stdout.write("Terminal API keys (shown once):")
+            for terminal, key in keys:
+                self.stdout.write(f"  {terminal}: {key}")

@@ -1,0 +1,136 @@
+"""Reads of members, tiers and terminals."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from loyalty.errors import TooManyAttempts
+from members import codes
+from members.errors import InvalidMemberCode, InvalidPhone, MemberCodeExpired, MemberNotFound
+from members.models import Member, Terminal, Tier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IdentifiedMember:
+    member: Member
+    code_step: int | None  # None when identified by member number or phone
+    offline: bool = False
+
+    @property
+    def by_code(self) -> bool:
+        return self.code_step is not None
+
+
+def _failure_key(terminal: Terminal) -> str:
+    return f"identify-failures:{terminal.pk}"
+
+
+def _failures_check(terminal: Terminal) -> None:
+    try:
+        failures = cache.get(_failure_key(terminal), 0)
+    except Exception as exc:  # Redis down: identification keeps working, unthrottled
+        logger.warning("identify throttle unavailable (%s); not throttling", exc)
+        return
+    if failures >= settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
+        raise TooManyAttempts(retry_after=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)
+
+
+def _failure_record(terminal: Terminal, reason: str) -> None:
+    logger.warning("identify failed: reason=%s terminal=%s store=%s", reason, terminal.pk, terminal.store.code)
+    key = _failure_key(terminal)
+    try:
+        if not cache.add(key, 1, timeout=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS):
+            cache.incr(key)
+    except Exception as exc:  # Redis down: logged above, not counted
+        logger.warning("identify throttle unavailable (%s); failure not counted", exc)
+
+
+def member_get_by_code(
+    *, code: str, terminal: Terminal | None = None, paid_at: datetime | None = None, now: datetime | None = None
+) -> IdentifiedMember:
+    """Resolve a scanned member code (one query). Raises ``InvalidMemberCode``
+    (forged, unknown or garbled), ``MemberCodeExpired`` (a real but old code) and,
+    after too many failures from one terminal, ``TooManyAttempts``."""
+    if terminal is not None:
+        _failures_check(terminal)
+    parts = codes.parse(code)
+    member = None
+    if parts is not None:
+        member = Member.objects.select_related("tier").filter(member_no=parts.member_no).first()
+    if parts is None or member is None or member.status == Member.Status.CLOSED:
+        if terminal is not None:
+            _failure_record(terminal, "unknown")
+        raise InvalidMemberCode()
+    result = codes.check(parts, secret=member.code_secret, now=now, paid_at=paid_at)
+    if result.expired:
+        raise MemberCodeExpired()
+    if not result.valid:
+        if terminal is not None:
+            _failure_record(terminal, "forged")
+        raise InvalidMemberCode()
+    return IdentifiedMember(member=member, code_step=result.step, offline=result.offline)
+
+
+def member_get_by_identifier(*, identifier: str) -> Member:
+    """A member by member number or phone (what a clerk may type). Raises ``MemberNotFound``."""
+    from members.services import phone_normalise
+
+    identifier = (identifier or "").strip()
+    member = None
+    if identifier.isascii() and identifier.isdigit() and len(identifier) == codes.MEMBER_NO_LENGTH:
+        member = Member.objects.select_related("tier").filter(member_no=identifier).first()
+    if member is None:
+        try:
+            phone = phone_normalise(identifier)
+        except InvalidPhone:
+            phone = None
+        if phone:
+            member = Member.objects.select_related("tier").filter(phone=phone).first()
+    if member is None or member.status == Member.Status.CLOSED:
+        raise MemberNotFound()
+    return member
+
+
+def member_resolve(
+    *, value: str, terminal: Terminal | None = None, paid_at: datetime | None = None
+) -> IdentifiedMember:
+    """A scanned code (18 digits) or a typed member number / phone."""
+    value = (value or "").strip()
+    if len(value) == codes.CODE_LENGTH and value.isascii() and value.isdigit():
+        return member_get_by_code(code=value, terminal=terminal, paid_at=paid_at)
+    return IdentifiedMember(member=member_get_by_identifier(identifier=value), code_step=None)
+
+
+def member_list() -> QuerySet[Member]:
+    return Member.objects.select_related("tier", "registration_store")
+
+
+def tier_list() -> list[Tier]:
+    return list(Tier.objects.filter(is_active=True).order_by("rank"))
+
+
+def tier_next(tier: Tier) -> Tier | None:
+    return Tier.objects.filter(is_active=True, rank__gt=tier.rank).order_by("rank").first()
+
+
+def tier_for_spend(spend: Decimal) -> Tier:
+    """The highest active tier whose threshold ``spend`` reaches."""
+    tier = Tier.objects.filter(is_active=True, threshold__lte=spend).order_by("-rank").first()
+    if tier is None:
+        tier = Tier.objects.order_by("rank").first()
+    assert tier is not None, "the tier data migration creates the default tiers"
+    return tier
+
+
+def member_code_current(*, member: Member, at: datetime | None = None) -> tuple[str, int]:
+    return codes.code_for(member_no=member.member_no, secret=member.code_secret, at=at or timezone.now())

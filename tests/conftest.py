@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+if TYPE_CHECKING:
+    from members.models import Member, Terminal
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    cache.clear()
+    return
+
+
+@pytest.fixture
+def store(db: Any):
+    from members.services import store_get_or_create
+
+    store, _ = store_get_or_create(code="SH001", name="上海南京西路店")
+    return store
+
+
+@pytest.fixture
+def other_store(db: Any):
+    from members.services import store_get_or_create
+
+    store, _ = store_get_or_create(code="BJ001", name="北京三里屯店")
+    return store
+
+
+@pytest.fixture
+def terminal_with_key(store: Any) -> tuple[Terminal, str]:
+    from members.services import terminal_create
+
+    return terminal_create(store=store, name="till-1")
+
+
+@pytest.fixture
+def terminal(terminal_with_key: tuple[Terminal, str]) -> Terminal:
+    return terminal_with_key[0]
+
+
+@pytest.fixture
+def terminal_client(terminal_with_key: tuple[Terminal, str]) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {terminal_with_key[1]}")
+    return client
+
+
+@pytest.fixture
+def member(store: Any) -> Member:
+    from members.services import member_enrol
+
+    member, _ = member_enrol(phone="13812345678", name="王小明", store=store)
+    return member
+
+
+@pytest.fixture
+def member_client(member: Member) -> APIClient:
+    from members.services import member_token_issue
+
+    _, raw = member_token_issue(member=member)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
