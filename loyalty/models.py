@@ -25,3 +25,24 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class IdempotencyKey(models.Model):
+    """A request made with ``Idempotency-Key``: written in the same transaction
+    as the change it made, so a retry either finds the stored response or
+    finds nothing was done."""
+
+    scope = models.CharField(_("scope"), max_length=64, help_text=_("Who sent it: terminal:<id>, member:<id>…"))
+    key = models.CharField(_("key"), max_length=128)
+    request_hash = models.CharField(_("request hash"), max_length=64)
+    status_code = models.PositiveSmallIntegerField(_("status code"), null=True)
+    body = models.BinaryField(_("response body"), null=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("idempotency key")
+        verbose_name_plural = _("idempotency keys")
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotency_unique_scope_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.key}"

@@ -6,6 +6,7 @@ all the project runs on the embedded PostgreSQL and Redis that
 ``DATABASE_URL`` and ``REDIS_URL`` point it at real servers instead.
 """
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -215,6 +216,31 @@ LOYALTY_WECHAT_SESSION_MAX_AGE_SECONDS = env.int("LOYALTY_WECHAT_SESSION_MAX_AGE
 LOYALTY_PHONE_REGION = env("LOYALTY_PHONE_REGION", default="CN")
 # Cash value of points: this many points pay 1 CNY.
 LOYALTY_POINTS_PER_CNY = env.int("LOYALTY_POINTS_PER_CNY", default=100)
+# Points earned per CNY before tier and campaign multipliers.
+LOYALTY_POINTS_BASE_RATE = Decimal(env.str("LOYALTY_POINTS_BASE_RATE", default="1"))
+# Largest share of a bill that points may pay.
+LOYALTY_POINTS_MAX_BILL_SHARE = Decimal(env.str("LOYALTY_POINTS_MAX_BILL_SHARE", default="0.5"))
+# Earned points are pending (not spendable) this many days (a chain sets its return window).
+LOYALTY_POINTS_PENDING_DAYS = env.int("LOYALTY_POINTS_PENDING_DAYS", default=0)
+# Expiry policy: "rolling" (N months after earning, through that day) or
+# "year_end" (end of the year after the year earned).
+LOYALTY_POINTS_EXPIRY_POLICY = env("LOYALTY_POINTS_EXPIRY_POLICY", default="rolling")
+LOYALTY_POINTS_EXPIRY_MONTHS = env.int("LOYALTY_POINTS_EXPIRY_MONTHS", default=12)
+# Members per transaction of the expiry job.
+LOYALTY_EXPIRY_BATCH_SIZE = env.int("LOYALTY_EXPIRY_BATCH_SIZE", default=2000)
+# A receipt recorded without a member can be claimed within this many days.
+LOYALTY_CLAIM_WINDOW_DAYS = env.int("LOYALTY_CLAIM_WINDOW_DAYS", default=30)
+# A purchase's paid_at may be at most this old (older history goes through import_history).
+LOYALTY_PAID_AT_MAX_AGE_DAYS = env.int("LOYALTY_PAID_AT_MAX_AGE_DAYS", default=7)
+LOYALTY_PURCHASE_MAX_AMOUNT = Decimal(env.str("LOYALTY_PURCHASE_MAX_AMOUNT", default="1000000"))
+# Daily check-in points.
+LOYALTY_CHECK_IN_POINTS = env.int("LOYALTY_CHECK_IN_POINTS", default=5)
+# Operator adjustments larger than this (absolute points) need a second operator.
+LOYALTY_ADJUST_APPROVAL_THRESHOLD = env.int("LOYALTY_ADJUST_APPROVAL_THRESHOLD", default=1000)
+# Tier qualification: net spend over this many months.
+LOYALTY_TIER_QUALIFICATION_MONTHS = env.int("LOYALTY_TIER_QUALIFICATION_MONTHS", default=12)
+# Members per transaction of the tier evaluation job.
+LOYALTY_TIER_BATCH_SIZE = env.int("LOYALTY_TIER_BATCH_SIZE", default=20000)
 
 # -----------------------------------------------------------------------------
 # Logging

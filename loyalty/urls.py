@@ -7,6 +7,7 @@ from loyalty.health import healthz
 
 api_v1 = [
     path("", include("members.urls")),
+    path("", include("points.urls")),
 ]
 
 urlpatterns = [

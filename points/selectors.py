@@ -1,20 +1,93 @@
-"""Reads of balances, ledger and lots. (Filled in by the points ledger.)"""
+"""Reads of balances, ledger and lots."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import django_filters
+from django.db import connection
+from django.db.models import QuerySet
+from django.utils import timezone
+
 from members.models import Member, Store
+from points.models import PointsEntry, PointsLot
+
+EXPIRING_WINDOW_DAYS = 30
+
+_SUMMARY_SQL = """
+SELECT COALESCE(a.balance, 0), COALESCE(a.pending, 0), COALESCE(a.debt, 0),
+       COALESCE((
+         SELECT json_agg(json_build_object('expires_at', x.expires_at, 'points', x.points) ORDER BY x.expires_at)
+         FROM (SELECT expires_at, SUM(remaining) AS points FROM points_pointslot
+               WHERE member_id = %(member)s AND remaining > 0 AND expires_at > %(now)s AND expires_at <= %(until)s
+               GROUP BY expires_at) x
+       ), '[]'::json)
+FROM (SELECT %(member)s::bigint AS member_id) m
+LEFT JOIN points_pointsaccount a ON a.member_id = m.member_id
+"""
 
 
-def points_summary_get(*, member: Member) -> dict[str, Any]:
-    return {"balance": 0, "pending": 0, "cash_value": Decimal("0.00"), "expiring_30d": 0, "expiring": []}
+def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[str, Any]:
+    """Balance, pending, spendable cash value and points expiring within 30 days
+    (each last valid day with its amount), in one query."""
+    from points.services import points_cash_value
+
+    now = now or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SUMMARY_SQL, {"member": member.pk, "now": now, "until": now + timedelta(days=EXPIRING_WINDOW_DAYS)}
+        )
+        balance, pending, debt, expiring_raw = cursor.fetchone()
+    expiring_rows = json.loads(expiring_raw) if isinstance(expiring_raw, str) else expiring_raw
+    by_day: dict[Any, int] = {}
+    for row in expiring_rows:
+        expires_at = datetime.fromisoformat(row["expires_at"])
+        # Lots expire at local midnight: the last valid day is the day before.
+        last_day = (timezone.localtime(expires_at) - timedelta(microseconds=1)).date()
+        by_day[last_day] = by_day.get(last_day, 0) + int(row["points"])
+    spendable = max(balance - pending, 0) if debt == 0 else 0
+    return {
+        "balance": balance,
+        "pending": pending,
+        "spendable": spendable,
+        "cash_value": points_cash_value(spendable),
+        "expiring_30d": sum(by_day.values()),
+        "expiring": [{"expires_on": day, "points": points} for day, points in sorted(by_day.items())],
+    }
 
 
 def coupons_usable_get(*, member: Member, store: Store | None) -> list[dict[str, Any]]:
-    return []
+    """Coupons the member can use at ``store``; the coupon service fills this in."""
+    try:
+        from campaigns.selectors import coupons_usable  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    return coupons_usable(member=member, store=store)  # pragma: no cover
 
 
 def qualifying_spend_get(*, member: Member) -> Decimal:
-    return Decimal("0.00")
+    from points.services import qualifying_spend
+
+    return qualifying_spend(member_id=member.pk, at=timezone.now())
+
+
+class EntryFilter(django_filters.FilterSet):
+    kind = django_filters.MultipleChoiceFilter(choices=PointsEntry.Kind.choices)
+    date_from = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte")
+    date_to = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte")
+
+    class Meta:
+        model = PointsEntry
+        fields = ["kind", "date_from", "date_to"]
+
+
+def entry_list(*, member: Member, filters: dict[str, Any] | None = None) -> QuerySet[PointsEntry]:
+    queryset = PointsEntry.objects.filter(member=member).select_related("store").order_by("-created_at", "-pk")
+    return EntryFilter(filters or {}, queryset=queryset).qs
+
+
+def lots_open(*, member: Member) -> QuerySet[PointsLot]:
+    return PointsLot.objects.filter(member=member, remaining__gt=0).order_by("expires_at", "pk")

@@ -1,0 +1,431 @@
+"""Terminal, member and operator API of the points app."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from loyalty.api.authentication import MemberTokenAuthentication, TerminalApiKeyAuthentication
+from loyalty.api.idempotency import idempotent
+from loyalty.api.pagination import StandardPagination
+from loyalty.api.permissions import IsMember, IsTerminal
+from loyalty.api.schema import errors
+from loyalty.errors import NotFound
+from members.apis import _valid
+from members.errors import MemberNotFound, UnknownStore
+from members.models import Member, Store, Terminal
+from members.selectors import member_resolve
+from points import selectors, services
+from points.models import PointsAdjustment, PointsEntry
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description="A retry with the same key and body returns the first response and changes nothing.",
+)
+RECEIPT_MAX = 64
+
+
+def _money_field(**kwargs: Any) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        max_value=settings.LOYALTY_PURCHASE_MAX_AMOUNT,
+        **kwargs,
+    )
+
+
+class ReceiptField(serializers.RegexField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            r"^[A-Za-z0-9][A-Za-z0-9_\-./]*$",
+            max_length=RECEIPT_MAX,
+            error_messages={"invalid": _("Use letters, digits and - _ . / only.")},
+            **kwargs,
+        )
+
+
+class TierBriefSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+
+
+# -----------------------------------------------------------------------------
+# Purchases
+# -----------------------------------------------------------------------------
+class PurchaseInputSerializer(serializers.Serializer):
+    member = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default="",
+        help_text="Scanned member code (needed to use points or coupons), member number or phone; blank for none.",
+    )
+    receipt_no = ReceiptField()
+    amount = _money_field(help_text="Amount of the bill in CNY, after discounts other than points.")
+    paid_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    lines = serializers.ListField(child=serializers.DictField(), required=False, default=list, max_length=500)
+    points_to_use = serializers.IntegerField(min_value=0, max_value=10**9, required=False, default=0)
+    coupon_codes = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list, max_length=20
+    )
+
+
+class PurchaseOutputSerializer(serializers.Serializer):
+    receipt_no = serializers.CharField()
+    member_no = serializers.CharField(allow_null=True)
+    amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+    points_earned = serializers.IntegerField()
+    points_pending = serializers.IntegerField()
+    points_used = serializers.IntegerField()
+    cash_paid_by_points = serializers.DecimalField(max_digits=12, decimal_places=2)
+    amount_due = serializers.DecimalField(max_digits=12, decimal_places=2)
+    coupons_written_off = serializers.ListField(child=serializers.DictField())
+    balance = serializers.IntegerField()
+    spendable = serializers.IntegerField()
+    tier = TierBriefSerializer(allow_null=True)
+    tier_changed = serializers.BooleanField()
+    offline = serializers.BooleanField()
+
+
+def purchase_output(result: services.PurchaseResult) -> dict[str, Any]:
+    purchase = result.purchase
+    return {
+        "receipt_no": purchase.receipt_no,
+        "member_no": purchase.member.member_no if purchase.member else None,
+        "amount": purchase.amount,
+        "points_earned": purchase.points_earned,
+        "points_pending": result.points_pending,
+        "points_used": purchase.points_used,
+        "cash_paid_by_points": purchase.cash_paid_by_points,
+        "amount_due": purchase.amount - purchase.cash_paid_by_points,
+        "coupons_written_off": result.coupons_written_off,
+        "balance": result.balance,
+        "spendable": result.spendable,
+        "tier": {"code": result.tier.code, "name": result.tier.name} if result.tier else None,
+        "tier_changed": result.tier_changed,
+        "offline": purchase.offline,
+    }
+
+
+class PurchaseCreateApi(APIView):
+    """Record a purchase: earn points, pay part of the bill with points, apply coupons."""
+
+    authentication_classes = [TerminalApiKeyAuthentication]
+    permission_classes = [IsTerminal]
+
+    @extend_schema(
+        operation_id="terminal_purchase_create",
+        tags=["terminal"],
+        parameters=[IDEMPOTENCY_HEADER],
+        request=PurchaseInputSerializer,
+        responses={201: PurchaseOutputSerializer, **errors(400, 401, 403, 404, 409, 410, 422, 429)},
+    )
+    def post(self, request: Request) -> HttpResponse:
+        data = _valid(PurchaseInputSerializer, request)
+        terminal: Terminal = request.user
+
+        def operation() -> tuple[int, Any]:
+            identified = None
+            if data["member"].strip():
+                identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
+            result = services.purchase_record(
+                store=terminal.store,
+                terminal=terminal,
+                receipt_no=data["receipt_no"],
+                amount=data["amount"],
+                paid_at=data["paid_at"],
+                identified=identified,
+                lines=data["lines"],
+                points_to_use=data["points_to_use"],
+                coupon_codes=data["coupon_codes"],
+            )
+            return 201, purchase_output(result)
+
+        return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
+
+
+class PurchasePreviewApi(APIView):
+    """What a purchase would earn and how many points may pay it; writes nothing."""
+
+    authentication_classes = [TerminalApiKeyAuthentication]
+    permission_classes = [IsTerminal]
+
+    class OutputSerializer(serializers.Serializer):
+        points_to_earn = serializers.IntegerField()
+        max_points_to_use = serializers.IntegerField()
+        cash_paid_by_points = serializers.DecimalField(max_digits=12, decimal_places=2)
+        amount_due = serializers.DecimalField(max_digits=12, decimal_places=2)
+        balance = serializers.IntegerField(allow_null=True)
+
+    @extend_schema(
+        operation_id="terminal_purchase_preview",
+        tags=["terminal"],
+        request=PurchaseInputSerializer,
+        responses={200: OutputSerializer, **errors(400, 401, 403, 409, 410, 429)},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(PurchaseInputSerializer, request)
+        terminal: Terminal = request.user
+        identified = None
+        if data["member"].strip():
+            identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
+        preview = services.purchase_preview(
+            identified=identified, store=terminal.store, amount=data["amount"], points_to_use=data["points_to_use"]
+        )
+        return Response(preview)
+
+
+class RefundCreateApi(APIView):
+    """Refund all or part of a purchase of this store."""
+
+    authentication_classes = [TerminalApiKeyAuthentication]
+    permission_classes = [IsTerminal]
+
+    class InputSerializer(serializers.Serializer):
+        refund_no = ReceiptField()
+        amount = _money_field()
+
+    class OutputSerializer(serializers.Serializer):
+        receipt_no = serializers.CharField()
+        refund_no = serializers.CharField()
+        amount = serializers.DecimalField(max_digits=12, decimal_places=2)
+        points_reversed = serializers.IntegerField()
+        points_returned = serializers.IntegerField()
+        clawback = serializers.IntegerField()
+        coupons_restored = serializers.ListField(child=serializers.CharField())
+        refundable_left = serializers.DecimalField(max_digits=12, decimal_places=2)
+        balance = serializers.IntegerField()
+
+    @extend_schema(
+        operation_id="terminal_refund_create",
+        tags=["terminal"],
+        parameters=[IDEMPOTENCY_HEADER],
+        request=InputSerializer,
+        responses={201: OutputSerializer, **errors(400, 401, 404, 409, 422)},
+    )
+    def post(self, request: Request, receipt_no: str) -> HttpResponse:
+        data = _valid(self.InputSerializer, request)
+        terminal: Terminal = request.user
+
+        def operation() -> tuple[int, Any]:
+            result = services.purchase_refund(
+                store=terminal.store,
+                terminal=terminal,
+                receipt_no=receipt_no[:RECEIPT_MAX],
+                refund_no=data["refund_no"],
+                amount=data["amount"],
+            )
+            refund = result.refund
+            purchase = refund.purchase
+            return 201, {
+                "receipt_no": purchase.receipt_no,
+                "refund_no": refund.refund_no,
+                "amount": refund.amount,
+                "points_reversed": refund.points_reversed,
+                "points_returned": refund.points_returned,
+                "clawback": refund.clawback,
+                "coupons_restored": result.coupons_restored,
+                "refundable_left": purchase.amount - purchase.refunded_amount - refund.amount,
+                "balance": result.balance,
+            }
+
+        return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
+
+
+# -----------------------------------------------------------------------------
+# Member API
+# -----------------------------------------------------------------------------
+class EntryOutputSerializer(serializers.ModelSerializer):
+    store = serializers.CharField(source="store.name", allow_null=True, default=None)
+    receipt_no = serializers.CharField(source="purchase.receipt_no", allow_null=True, default=None)
+
+    class Meta:
+        model = PointsEntry
+        fields = ["id", "kind", "points", "balance_after", "source", "store", "receipt_no", "reason", "created_at"]
+
+
+class MeLedgerApi(APIView):
+    """The member's points history, newest first."""
+
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    class FilterSerializer(serializers.Serializer):
+        kind = serializers.MultipleChoiceField(choices=PointsEntry.Kind.choices, required=False)
+        date_from = serializers.DateField(required=False)
+        date_to = serializers.DateField(required=False)
+        page = serializers.IntegerField(min_value=1, required=False)
+        page_size = serializers.IntegerField(min_value=1, max_value=100, required=False)
+
+    @extend_schema(
+        operation_id="me_ledger",
+        tags=["member"],
+        parameters=[FilterSerializer],
+        responses={200: EntryOutputSerializer(many=True), **errors(400, 401)},
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        params = dict(filters.validated_data)
+        query: dict[str, Any] = {}
+        if params.get("kind"):
+            query["kind"] = list(params["kind"])
+        for name in ("date_from", "date_to"):
+            if params.get(name):
+                query[name] = params[name].isoformat()
+        entries = selectors.entry_list(member=request.user, filters=query)
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(entries, request, view=self)
+        return paginator.get_paginated_response(EntryOutputSerializer(page, many=True).data)
+
+
+class MeCheckInApi(APIView):
+    """Daily check-in: points once per day."""
+
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    class OutputSerializer(serializers.Serializer):
+        points = serializers.IntegerField()
+        balance = serializers.IntegerField()
+        day = serializers.DateField()
+
+    @extend_schema(
+        operation_id="me_check_in",
+        tags=["member"],
+        parameters=[IDEMPOTENCY_HEADER],
+        request=None,
+        responses={201: OutputSerializer, **errors(401, 409, 422)},
+    )
+    def post(self, request: Request) -> HttpResponse:
+        member: Member = request.user
+
+        def operation() -> tuple[int, Any]:
+            entry = services.member_check_in(member=member)
+            return 201, {
+                "points": entry.points,
+                "balance": entry.balance_after,
+                "day": timezone.localtime(entry.created_at).date(),
+            }
+
+        return idempotent(request, scope=f"member:{member.pk}", operation=operation)
+
+
+class MeClaimApi(APIView):
+    """Claim points for a receipt recorded without the member."""
+
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    class InputSerializer(serializers.Serializer):
+        store = serializers.CharField(max_length=32)
+        receipt_no = ReceiptField()
+
+    @extend_schema(
+        operation_id="me_claim",
+        tags=["member"],
+        parameters=[IDEMPOTENCY_HEADER],
+        request=InputSerializer,
+        responses={201: PurchaseOutputSerializer, **errors(400, 401, 404, 409, 422)},
+    )
+    def post(self, request: Request) -> HttpResponse:
+        data = _valid(self.InputSerializer, request)
+        member: Member = request.user
+
+        def operation() -> tuple[int, Any]:
+            store = Store.objects.filter(code=data["store"]).first()
+            if store is None:
+                raise UnknownStore(store=data["store"])
+            result = services.purchase_claim(member=member, store=store, receipt_no=data["receipt_no"])
+            return 201, purchase_output(result)
+
+        return idempotent(request, scope=f"member:{member.pk}", operation=operation)
+
+
+# -----------------------------------------------------------------------------
+# Operator API
+# -----------------------------------------------------------------------------
+class AdjustmentOutputSerializer(serializers.ModelSerializer):
+    member_no = serializers.CharField(source="member.member_no")
+    balance_after = serializers.IntegerField(source="entry.balance_after", allow_null=True, default=None)
+
+    class Meta:
+        model = PointsAdjustment
+        fields = ["id", "member_no", "points", "reason", "status", "balance_after", "created_at", "decided_at"]
+
+
+class OperatorPermission(BasePermission):
+    """Staff with the permission to add points adjustments."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(
+            user is not None
+            and getattr(user, "is_staff", False)
+            and user.is_active
+            and user.has_perm("points.add_pointsadjustment")
+        )
+
+
+class AdjustmentCreateApi(APIView):
+    """Adjust a member's points with a reason (large ones wait for a second operator)."""
+
+    permission_classes = [OperatorPermission]
+
+    class InputSerializer(serializers.Serializer):
+        member_no = serializers.CharField(max_length=16)
+        points = serializers.IntegerField(min_value=-(10**8), max_value=10**8)
+        reason = serializers.CharField(max_length=255)
+
+    @extend_schema(
+        operation_id="operator_adjustment_create",
+        tags=["operator"],
+        parameters=[IDEMPOTENCY_HEADER],
+        request=InputSerializer,
+        responses={201: AdjustmentOutputSerializer, **errors(400, 401, 403, 404, 409, 422)},
+    )
+    def post(self, request: Request) -> HttpResponse:
+        data = _valid(self.InputSerializer, request)
+
+        def operation() -> tuple[int, Any]:
+            member = Member.objects.filter(member_no=data["member_no"]).first()
+            if member is None:
+                raise MemberNotFound()
+            adjustment = services.adjustment_request(
+                member=member, points=data["points"], reason=data["reason"], by_user=request.user
+            )
+            return 201, AdjustmentOutputSerializer(adjustment).data
+
+        return idempotent(request, scope=f"user:{request.user.pk}", operation=operation)
+
+
+class AdjustmentApproveApi(APIView):
+    """A second operator approves a pending adjustment."""
+
+    permission_classes = [OperatorPermission]
+
+    @extend_schema(
+        operation_id="operator_adjustment_approve",
+        tags=["operator"],
+        request=None,
+        responses={200: AdjustmentOutputSerializer, **errors(401, 403, 404, 409)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        adjustment = PointsAdjustment.objects.filter(pk=pk).first()
+        if adjustment is None:
+            raise NotFound()
+        with transaction.atomic(durable=True):
+            adjustment = services.adjustment_approve(adjustment=adjustment, by_user=request.user)
+        return Response(AdjustmentOutputSerializer(adjustment).data)

@@ -1,0 +1,35 @@
+"""Row locks of the points app. Lock order: member → points account → purchase → coupons.
+
+The account row lock guards the member's lots, entries and allocations too:
+every writer of those takes it first, so they need no locks of their own.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models import QuerySet
+
+from members.models import Member
+from points.models import PointsAccount, Purchase
+
+
+def account_qs_for_update() -> QuerySet[PointsAccount]:
+    return PointsAccount.objects.order_by("pk").select_for_update(of=("self",), no_key=True)
+
+
+def account_lock(member: Member) -> PointsAccount:
+    """Lock (creating if needed) the member's points account, evaluated at once."""
+    account = account_qs_for_update().filter(pk=member.pk).first()
+    if account is not None:
+        return account
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO points_pointsaccount (member_id, balance, pending, debt, updated_at) "
+            "VALUES (%s, 0, 0, 0, now()) ON CONFLICT (member_id) DO NOTHING",
+            [member.pk],
+        )
+    return account_qs_for_update().get(pk=member.pk)
+
+
+def purchase_qs_for_update() -> QuerySet[Purchase]:
+    return Purchase.objects.order_by("pk").select_for_update(of=("self",), no_key=True)

@@ -1,0 +1,688 @@
+"""Every change of points: purchases, refunds, redemption, credits, expiry.
+
+All writes to a member's points happen under the row lock of their
+``PointsAccount`` (``points.locks.account_lock``): entries, lots and
+allocations are written only there, so per-member changes are serialised and
+the cached balance can never drift from the ledger. Lock order across the
+project: member → points account → coupons.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_DOWN, ROUND_FLOOR, Decimal
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext
+
+from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
+from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
+from members.selectors import IdentifiedMember, tier_for_spend
+from points.errors import (
+    AdjustmentNotPending,
+    AlreadyCheckedIn,
+    ClaimNotAllowed,
+    CouponsNotAvailable,
+    DuplicateReceipt,
+    DuplicateRefund,
+    InsufficientPoints,
+    InvalidPaidAt,
+    InvalidPoints,
+    PointsOverCap,
+    PurchaseNotFound,
+    RefundExceedsPurchase,
+    SelfApprovalForbidden,
+)
+from points.locks import account_lock, purchase_qs_for_update
+from points.models import (
+    CheckIn,
+    PointsAccount,
+    PointsAdjustment,
+    PointsAllocation,
+    PointsEntry,
+    PointsLot,
+    Purchase,
+    Refund,
+)
+
+logger = logging.getLogger(__name__)
+CENT = Decimal("0.01")
+Kind = PointsEntry.Kind
+Source = PointsEntry.Source
+
+
+# -----------------------------------------------------------------------------
+# Rules
+# -----------------------------------------------------------------------------
+def expiry_for(earned_at: datetime) -> datetime:
+    """When points earned at ``earned_at`` expire (an aware datetime at local midnight).
+
+    rolling: valid through the same calendar day N months later;
+    year_end: valid through 31 December of the year after the year earned.
+    """
+    tz = timezone.get_current_timezone()
+    local_day = timezone.localtime(earned_at, tz).date()
+    if settings.LOYALTY_POINTS_EXPIRY_POLICY == "year_end":
+        last_day = date(local_day.year + 1, 12, 31)
+    else:
+        last_day = local_day + relativedelta(months=settings.LOYALTY_POINTS_EXPIRY_MONTHS)
+    return datetime.combine(last_day + timedelta(days=1), time.min, tzinfo=tz)
+
+
+def points_cash_value(points: int) -> Decimal:
+    """CNY value of ``points`` (rounded down to the cent)."""
+    return (Decimal(points) / Decimal(settings.LOYALTY_POINTS_PER_CNY)).quantize(CENT, rounding=ROUND_DOWN)
+
+
+def points_max_for_bill(amount: Decimal) -> int:
+    """Most points that may pay a bill of ``amount``."""
+    cash_cap = (amount * settings.LOYALTY_POINTS_MAX_BILL_SHARE).quantize(CENT, rounding=ROUND_DOWN)
+    return int(cash_cap * settings.LOYALTY_POINTS_PER_CNY)
+
+
+def campaign_multiplier(*, member: Member, store: Store, at: datetime) -> Decimal:
+    """Campaign multiplier for a purchase (1 until campaigns exist)."""
+    try:
+        from campaigns.services.campaigns import campaign_multiplier_for  # type: ignore[import-not-found]
+    except ImportError:
+        return Decimal("1")
+    return campaign_multiplier_for(member=member, store=store, at=at)  # pragma: no cover
+
+
+def points_for_amount(*, amount: Decimal, tier: Tier, multiplier: Decimal) -> int:
+    """floor(amount × base rate × tier multiplier × campaign multiplier)."""
+    raw = amount * settings.LOYALTY_POINTS_BASE_RATE * tier.earn_multiplier * multiplier
+    return int(raw.to_integral_value(rounding=ROUND_FLOOR))
+
+
+def qualifying_spend(*, member_id: int, at: datetime) -> Decimal:
+    since = at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(SUM(amount - refunded_amount), 0) FROM points_purchase "
+            "WHERE member_id = %s AND paid_at > %s AND paid_at <= %s",
+            [member_id, since, at],
+        )
+        (total,) = cursor.fetchone()
+    return Decimal(total).quantize(CENT)
+
+
+# -----------------------------------------------------------------------------
+# Ledger primitives (caller holds the account lock)
+# -----------------------------------------------------------------------------
+@dataclass
+class Refs:
+    """Where a ledger change comes from."""
+
+    source: str
+    store: Store | None = None
+    terminal: Terminal | None = None
+    purchase: Purchase | None = None
+    refund: Refund | None = None
+    by_user: AbstractBaseUser | None = None
+    reason: str = ""
+    reference: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "store": self.store,
+            "terminal": self.terminal,
+            "purchase": self.purchase,
+            "refund": self.refund,
+            "by_user": self.by_user if self.by_user is not None and self.by_user.is_authenticated else None,
+            "reason": self.reason[:255],
+            "reference": self.reference[:64],
+        }
+
+
+def _entry(account: PointsAccount, *, kind: str, points: int, at: datetime, refs: Refs) -> PointsEntry:
+    account.balance += points
+    return PointsEntry.objects.create(
+        member_id=account.member_id, kind=kind, points=points, balance_after=account.balance, created_at=at,
+        **refs.fields(),
+    )
+
+
+def _credit(
+    account: PointsAccount,
+    *,
+    kind: str,
+    points: int,
+    at: datetime,
+    refs: Refs,
+    expires_at: datetime | None = None,
+    pending_until: datetime | None = None,
+) -> tuple[PointsEntry, PointsLot | None]:
+    """Add points: pay clawback debt first, open a lot with the rest."""
+    if points <= 0:
+        raise InvalidPoints()
+    entry = _entry(account, kind=kind, points=points, at=at, refs=refs)
+    paid_down = min(account.debt, points)
+    account.debt -= paid_down
+    rest = points - paid_down
+    lot = None
+    if rest > 0:
+        lot = PointsLot.objects.create(
+            member_id=account.member_id,
+            entry=entry,
+            original=rest,
+            remaining=rest,
+            earned_at=at,
+            expires_at=expires_at or expiry_for(at),
+            pending_until=pending_until if pending_until and pending_until > timezone.now() else None,
+        )
+        if lot.pending_until is not None:
+            account.pending += rest
+    return entry, lot
+
+
+def _draw(
+    account: PointsAccount,
+    *,
+    kind: str,
+    points: int,
+    at: datetime,
+    refs: Refs,
+    spendable_only: bool,
+    allow_debt: bool = False,
+    first_lots: list[int] | None = None,
+) -> PointsEntry:
+    """Take ``points`` from lots, first to expire first (``first_lots`` before
+    the rest). With ``allow_debt`` a shortfall becomes clawback debt (refunds);
+    otherwise it raises ``InsufficientPoints`` and nothing is written."""
+    if points <= 0:
+        raise InvalidPoints()
+    now = timezone.now()
+    lots = PointsLot.objects.filter(member_id=account.member_id, remaining__gt=0)
+    if spendable_only:
+        lots = lots.filter(Q(pending_until__isnull=True) | Q(pending_until__lte=now), expires_at__gt=at)
+    ordered = sorted(
+        lots.only("id", "remaining", "pending_until", "expires_at"),
+        key=lambda lot: (0 if first_lots and lot.pk in first_lots else 1, lot.expires_at, lot.pk),
+    )
+    available = sum(lot.remaining for lot in ordered)
+    if available < points and not allow_debt:
+        raise InsufficientPoints(available=available, requested=points)
+    entry = _entry(account, kind=kind, points=-points, at=at, refs=refs)
+    left = points
+    allocations, changed = [], []
+    for lot in ordered:
+        if left == 0:
+            break
+        take = min(lot.remaining, left)
+        lot.remaining -= take
+        left -= take
+        if lot.pending_until is not None:  # not yet released: counted in pending
+            account.pending -= take
+        allocations.append(PointsAllocation(entry=entry, lot=lot, points=-take))
+        changed.append(lot)
+    PointsLot.objects.bulk_update(changed, ["remaining"])
+    PointsAllocation.objects.bulk_create(allocations)
+    account.debt += left
+    return entry
+
+
+def _return_to_lots(
+    account: PointsAccount, *, points: int, drawn_by: PointsEntry, at: datetime, refs: Refs
+) -> PointsEntry:
+    """Give back ``points`` that ``drawn_by`` took, into the lots they came from
+    (last drawn first), keeping those lots' original expiry. Debt is paid first."""
+    entry = _entry(account, kind=Kind.REVERSE, points=points, at=at, refs=refs)
+    left = points
+    paid_down = min(account.debt, left)
+    account.debt -= paid_down
+    left -= paid_down
+    if left == 0:
+        return entry
+    drawn: dict[int, int] = {}
+    for allocation in PointsAllocation.objects.filter(entry__in=_draw_chain(drawn_by)).order_by("-pk"):
+        drawn[allocation.lot_id] = drawn.get(allocation.lot_id, 0) - allocation.points
+    lots = {lot.pk: lot for lot in PointsLot.objects.filter(pk__in=drawn).only("id", "original", "remaining", "pending_until", "expires_at")}
+    allocations, changed = [], []
+    for lot_id, net_drawn in drawn.items():
+        if left == 0:
+            break
+        lot = lots[lot_id]
+        give = min(net_drawn, left, lot.original - lot.remaining)
+        if give <= 0:
+            continue
+        lot.remaining += give
+        left -= give
+        if lot.pending_until is not None:
+            account.pending += give
+        allocations.append(PointsAllocation(entry=entry, lot=lot, points=give))
+        changed.append(lot)
+    PointsLot.objects.bulk_update(changed, ["remaining"])
+    PointsAllocation.objects.bulk_create(allocations)
+    if left > 0:
+        # Lots were drawn again meanwhile; the rest opens a lot with the
+        # original entry's earliest expiry so nothing is lost or extended.
+        expiry = min((lot.expires_at for lot in lots.values()), default=expiry_for(at))
+        lot = PointsLot.objects.create(
+            member_id=account.member_id, entry=entry, original=left, remaining=left, earned_at=at, expires_at=expiry
+        )
+    return entry
+
+
+def _draw_chain(entry: PointsEntry) -> list[int]:
+    """A redeem entry and the returns already made for it (they share its purchase)."""
+    return [entry.pk] + list(
+        PointsEntry.objects.filter(
+            purchase_id=entry.purchase_id, kind=Kind.REVERSE, points__gt=0, source=Source.REFUND
+        ).values_list("pk", flat=True)
+    ) if entry.purchase_id else [entry.pk]
+
+
+def _save(account: PointsAccount) -> None:
+    account.save(update_fields=["balance", "pending", "debt", "updated_at"])
+
+
+def _member_can_earn(member: Member) -> None:
+    if member.status == Member.Status.FROZEN:
+        raise MemberFrozen()
+    if member.status == Member.Status.CLOSED:
+        raise MemberClosed()
+
+
+# -----------------------------------------------------------------------------
+# Purchases
+# -----------------------------------------------------------------------------
+@dataclass
+class PurchaseResult:
+    purchase: Purchase
+    balance: int
+    spendable: int
+    points_pending: int
+    tier: Tier | None
+    tier_changed: bool
+    coupons_written_off: list[Any] = field(default_factory=list)
+
+
+def _paid_at_check(paid_at: datetime, now: datetime) -> None:
+    if paid_at > now + timedelta(minutes=5) or paid_at < now - timedelta(days=settings.LOYALTY_PAID_AT_MAX_AGE_DAYS):
+        raise InvalidPaidAt(days=settings.LOYALTY_PAID_AT_MAX_AGE_DAYS)
+
+
+def purchase_preview(
+    *, identified: IdentifiedMember | None, store: Store, amount: Decimal, points_to_use: int = 0,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """What ``purchase_record`` would do, without writing anything."""
+    at = at or timezone.now()
+    max_points = points_max_for_bill(amount)
+    if identified is None:
+        return {"points_to_earn": 0, "max_points_to_use": 0, "cash_paid_by_points": Decimal("0.00"),
+                "amount_due": amount, "balance": None}
+    member = identified.member
+    account = PointsAccount.objects.filter(member=member).first()
+    spendable = account.spendable if account else 0
+    usable = min(max_points, spendable) if identified.by_code and member.can_spend else 0
+    if points_to_use > usable:
+        if points_to_use > max_points:
+            raise PointsOverCap(max_points=max_points, detail={"max_points": max_points})
+        if not identified.by_code:
+            raise MemberCodeRequired()
+        raise InsufficientPoints(available=spendable, requested=points_to_use)
+    cash = points_cash_value(points_to_use)
+    multiplier = campaign_multiplier(member=member, store=store, at=at)
+    earn = points_for_amount(amount=amount - cash, tier=member.tier, multiplier=multiplier) if member.can_earn else 0
+    return {
+        "points_to_earn": earn,
+        "max_points_to_use": usable,
+        "cash_paid_by_points": cash,
+        "amount_due": amount - cash,
+        "balance": account.balance if account else 0,
+    }
+
+
+@transaction.atomic
+def purchase_record(
+    *,
+    store: Store,
+    terminal: Terminal | None,
+    receipt_no: str,
+    amount: Decimal,
+    paid_at: datetime | None = None,
+    identified: IdentifiedMember | None = None,
+    lines: list[Any] | None = None,
+    points_to_use: int = 0,
+    coupon_codes: list[str] | None = None,
+    now: datetime | None = None,
+) -> PurchaseResult:
+    """Record a purchase at the till: earn points, pay part with points.
+
+    Preconditions: ``identified`` comes from ``members.selectors.member_resolve``
+    (by code, or by member number/phone, which can only earn).
+    Raises ``DuplicateReceipt``, ``MemberCodeRequired``, ``MemberCodeAlreadyUsed``,
+    ``MemberFrozen``, ``MemberClosed``, ``PointsOverCap``, ``InsufficientPoints``,
+    ``InvalidPaidAt``, ``CouponsNotAvailable``; on any of them nothing is written.
+    """
+    now = now or timezone.now()
+    paid_at = paid_at or now
+    _paid_at_check(paid_at, now)
+    coupon_codes = [code for code in (coupon_codes or []) if code]
+    if Purchase.objects.filter(store=store, receipt_no=receipt_no).exists():
+        raise DuplicateReceipt(receipt_no=receipt_no)
+    member = identified.member if identified else None
+    if member is None:
+        if points_to_use or coupon_codes:
+            raise MemberCodeRequired()
+        purchase = _purchase_insert(
+            store=store, terminal=terminal, receipt_no=receipt_no, amount=amount, paid_at=paid_at, lines=lines
+        )
+        return PurchaseResult(purchase, balance=0, spendable=0, points_pending=0, tier=None, tier_changed=False)
+
+    if (points_to_use or coupon_codes) and not identified.by_code:
+        raise MemberCodeRequired()
+    _member_can_earn(member)
+    if coupon_codes:
+        raise CouponsNotAvailable()
+    max_points = points_max_for_bill(amount)
+    if points_to_use > max_points:
+        raise PointsOverCap(max_points=max_points, detail={"max_points": max_points})
+
+    account = account_lock(member)
+    tier = member.tier
+    purchase = _purchase_insert(
+        store=store, terminal=terminal, receipt_no=receipt_no, amount=amount, paid_at=paid_at, lines=lines,
+        member=member, tier=tier, code_step=identified.code_step, offline=identified.offline,
+    )
+    refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
+    cash = Decimal("0.00")
+    if points_to_use:
+        _draw(account, kind=Kind.REDEEM, points=points_to_use, at=paid_at, refs=refs, spendable_only=True)
+        cash = points_cash_value(points_to_use)
+    multiplier = campaign_multiplier(member=member, store=store, at=paid_at)
+    earned = points_for_amount(amount=amount - cash, tier=tier, multiplier=multiplier)
+    pending = 0
+    if earned > 0:
+        pending_until = paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
+        _, lot = _credit(account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until)
+        pending = earned if lot is not None and lot.pending_until is not None else 0
+    Purchase.objects.filter(pk=purchase.pk).update(
+        points_earned=earned, points_used=points_to_use, cash_paid_by_points=cash, multiplier=multiplier
+    )
+    purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
+    purchase.multiplier = multiplier
+    _save(account)
+    new_tier = tier_upgrade_if_qualified(member=member, at=paid_at)
+    return PurchaseResult(
+        purchase,
+        balance=account.balance,
+        spendable=account.spendable,
+        points_pending=pending,
+        tier=new_tier or tier,
+        tier_changed=new_tier is not None,
+    )
+
+
+def _purchase_insert(**fields: Any) -> Purchase:
+    try:
+        with transaction.atomic():
+            return Purchase.objects.create(**fields)
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
+        if constraint == "purchase_member_code_used_once":
+            raise MemberCodeAlreadyUsed() from None
+        if constraint == "purchase_unique_receipt_per_store":
+            raise DuplicateReceipt(receipt_no=fields["receipt_no"]) from None
+        raise
+
+
+# -----------------------------------------------------------------------------
+# Refunds
+# -----------------------------------------------------------------------------
+@dataclass
+class RefundResult:
+    refund: Refund
+    balance: int
+    coupons_restored: list[Any] = field(default_factory=list)
+
+
+@transaction.atomic
+def purchase_refund(
+    *, store: Store, terminal: Terminal | None, receipt_no: str, refund_no: str, amount: Decimal,
+    at: datetime | None = None,
+) -> RefundResult:
+    """Refund all or part of a purchase: reverse earned points in proportion,
+    return used points into their original lots, clawing back points already
+    spent as debt. Never refused for lack of points.
+    Raises ``PurchaseNotFound``, ``DuplicateRefund``, ``RefundExceedsPurchase``."""
+    at = at or timezone.now()
+    head = Purchase.objects.filter(store=store, receipt_no=receipt_no).only("id", "member_id").first()
+    if head is None:
+        raise PurchaseNotFound(receipt_no=receipt_no)
+    if Refund.objects.filter(store=store, refund_no=refund_no).exists():
+        raise DuplicateRefund(refund_no=refund_no)
+    account = account_lock(head.member) if head.member_id else None  # member before purchase: lock order
+    purchase = purchase_qs_for_update().get(pk=head.pk)
+    if amount > purchase.refundable_amount:
+        raise RefundExceedsPurchase(refundable=purchase.refundable_amount, detail={"refundable": str(purchase.refundable_amount)})
+    try:
+        with transaction.atomic():
+            refund = Refund.objects.create(
+                purchase=purchase, store=store, terminal=terminal, refund_no=refund_no, amount=amount
+            )
+    except IntegrityError:
+        raise DuplicateRefund(refund_no=refund_no) from None
+
+    refunded_total = purchase.refunded_amount + amount
+    share = refunded_total / purchase.amount
+    returned = int((purchase.points_used * share).to_integral_value(rounding=ROUND_FLOOR)) - purchase.points_returned
+    reversed_ = int((purchase.points_earned * share).to_integral_value(rounding=ROUND_FLOOR)) - purchase.points_reversed
+    clawback = 0
+    if account is not None:
+        refs = Refs(source=Source.REFUND, store=store, terminal=terminal, purchase=purchase, refund=refund)
+        if returned > 0:
+            redeem = purchase.entries.filter(kind=Kind.REDEEM).order_by("pk").first()
+            assert redeem is not None, "a purchase that used points has its redeem entry"
+            _return_to_lots(account, points=returned, drawn_by=redeem, at=at, refs=refs)
+        if reversed_ > 0:
+            debt_before = account.debt
+            earn_lots = list(
+                PointsLot.objects.filter(entry__purchase=purchase, entry__kind=Kind.EARN).values_list("pk", flat=True)
+            )
+            _draw(
+                account, kind=Kind.REVERSE, points=reversed_, at=at, refs=refs, spendable_only=False,
+                allow_debt=True, first_lots=earn_lots,
+            )
+            clawback = account.debt - debt_before
+        _save(account)
+    Refund.objects.filter(pk=refund.pk).update(
+        points_reversed=max(reversed_, 0), points_returned=max(returned, 0), clawback=clawback
+    )
+    refund.points_reversed, refund.points_returned, refund.clawback = max(reversed_, 0), max(returned, 0), clawback
+    Purchase.objects.filter(pk=purchase.pk).update(
+        refunded_amount=refunded_total,
+        points_reversed=purchase.points_reversed + max(reversed_, 0),
+        points_returned=purchase.points_returned + max(returned, 0),
+    )
+    return RefundResult(refund, balance=account.balance if account else 0)
+
+
+# -----------------------------------------------------------------------------
+# Claims, check-in, generic credits and debits
+# -----------------------------------------------------------------------------
+@transaction.atomic
+def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetime | None = None) -> PurchaseResult:
+    """A member claims a receipt recorded without a member, once, within the
+    claim window; earns on what was not refunded at the member's tier.
+    Raises ``PurchaseNotFound``, ``ClaimNotAllowed``, ``MemberFrozen``, ``MemberClosed``."""
+    at = at or timezone.now()
+    _member_can_earn(member)
+    account = account_lock(member)
+    purchase = purchase_qs_for_update().filter(store=store, receipt_no=receipt_no).first()
+    if purchase is None:
+        raise PurchaseNotFound(receipt_no=receipt_no)
+    if purchase.member_id is not None:
+        raise ClaimNotAllowed(reason=gettext("it was already credited to a member"), detail={"reason": "already_claimed"})
+    if purchase.paid_at < at - timedelta(days=settings.LOYALTY_CLAIM_WINDOW_DAYS):
+        raise ClaimNotAllowed(reason=gettext("the claim window has passed"), detail={"reason": "too_old"})
+    net = purchase.refundable_amount
+    if net <= 0:
+        raise ClaimNotAllowed(reason=gettext("it was fully refunded"), detail={"reason": "refunded"})
+    tier = member.tier
+    multiplier = campaign_multiplier(member=member, store=store, at=purchase.paid_at)
+    earned = points_for_amount(amount=net, tier=tier, multiplier=multiplier)
+    purchase.member, purchase.tier, purchase.claimed_at = member, tier, at
+    purchase.points_earned, purchase.multiplier = earned, multiplier
+    purchase.save(update_fields=["member", "tier", "claimed_at", "points_earned", "multiplier"])
+    pending = 0
+    if earned > 0:
+        refs = Refs(source=Source.CLAIM, store=store, purchase=purchase)
+        pending_until = purchase.paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
+        _, lot = _credit(account, kind=Kind.EARN, points=earned, at=at, refs=refs, pending_until=pending_until)
+        pending = earned if lot is not None and lot.pending_until is not None else 0
+    _save(account)
+    new_tier = tier_upgrade_if_qualified(member=member, at=at)
+    return PurchaseResult(
+        purchase, balance=account.balance, spendable=account.spendable, points_pending=pending,
+        tier=new_tier or tier, tier_changed=new_tier is not None,
+    )
+
+
+@transaction.atomic
+def points_credit(
+    *, member: Member, points: int, kind: str, refs: Refs, at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> PointsEntry:
+    """Credit points (bonus, campaign, adjustment, import). Raises ``InvalidPoints``,
+    ``MemberFrozen``, ``MemberClosed``."""
+    at = at or timezone.now()
+    _member_can_earn(member)
+    account = account_lock(member)
+    entry, _ = _credit(account, kind=kind, points=points, at=at, refs=refs, expires_at=expires_at)
+    _save(account)
+    return entry
+
+
+@transaction.atomic
+def points_debit(*, member: Member, points: int, kind: str, refs: Refs, at: datetime | None = None) -> PointsEntry:
+    """Spend points (benefit exchange, negative adjustment), first to expire first.
+    Raises ``InvalidPoints``, ``InsufficientPoints``, ``MemberFrozen``, ``MemberClosed``."""
+    at = at or timezone.now()
+    _member_can_earn(member)
+    account = account_lock(member)
+    entry = _draw(account, kind=kind, points=points, at=at, refs=refs, spendable_only=True)
+    _save(account)
+    return entry
+
+
+@transaction.atomic
+def member_check_in(*, member: Member, at: datetime | None = None) -> PointsEntry:
+    """Daily check-in points, once per local day. Raises ``AlreadyCheckedIn``."""
+    at = at or timezone.now()
+    _member_can_earn(member)
+    account = account_lock(member)
+    day = timezone.localtime(at).date()
+    points = settings.LOYALTY_CHECK_IN_POINTS
+    try:
+        with transaction.atomic():
+            CheckIn.objects.create(member=member, day=day, points=points)
+    except IntegrityError:
+        raise AlreadyCheckedIn() from None
+    entry, _ = _credit(account, kind=Kind.BONUS, points=points, at=at, refs=Refs(source=Source.CHECK_IN))
+    _save(account)
+    return entry
+
+
+# -----------------------------------------------------------------------------
+# Operator adjustments
+# -----------------------------------------------------------------------------
+@transaction.atomic
+def adjustment_request(
+    *, member: Member, points: int, reason: str, by_user: AbstractBaseUser, batch: str = ""
+) -> PointsAdjustment:
+    """Adjust points with a mandatory reason. Up to the approval threshold it
+    applies at once; above it, it waits for a second operator.
+    Raises ``ReasonRequired``, ``InvalidPoints`` and, when applied at once,
+    ``InsufficientPoints``."""
+    from members.errors import ReasonRequired
+
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired()
+    if not isinstance(points, int) or points == 0:
+        raise InvalidPoints()
+    if member.status == Member.Status.CLOSED:
+        raise MemberClosed()
+    adjustment = PointsAdjustment.objects.create(
+        member=member, points=points, reason=reason, requested_by=by_user, batch=batch
+    )
+    if abs(points) <= settings.LOYALTY_ADJUST_APPROVAL_THRESHOLD:
+        _adjustment_apply(adjustment, by_user=by_user)
+    return adjustment
+
+
+def _adjustment_apply(adjustment: PointsAdjustment, *, by_user: AbstractBaseUser) -> None:
+    account = account_lock(adjustment.member)
+    refs = Refs(source=Source.OPERATOR, by_user=adjustment.requested_by, reason=adjustment.reason,
+                reference=f"adjustment:{adjustment.pk}")
+    at = timezone.now()
+    if adjustment.points > 0:
+        entry, _ = _credit(account, kind=Kind.ADJUST, points=adjustment.points, at=at, refs=refs)
+    else:
+        entry = _draw(account, kind=Kind.ADJUST, points=-adjustment.points, at=at, refs=refs, spendable_only=True)
+    _save(account)
+    adjustment.entry = entry
+    adjustment.status = PointsAdjustment.Status.APPLIED
+    adjustment.decided_by = by_user
+    adjustment.decided_at = at
+    adjustment.save(update_fields=["entry", "status", "decided_by", "decided_at"])
+
+
+@transaction.atomic
+def adjustment_approve(*, adjustment: PointsAdjustment, by_user: AbstractBaseUser) -> PointsAdjustment:
+    """A second operator approves. Raises ``SelfApprovalForbidden``,
+    ``AdjustmentNotPending``, ``InsufficientPoints``."""
+    adjustment = PointsAdjustment.objects.select_for_update().get(pk=adjustment.pk)
+    if adjustment.status != PointsAdjustment.Status.PENDING:
+        raise AdjustmentNotPending()
+    if adjustment.requested_by_id == by_user.pk:
+        raise SelfApprovalForbidden()
+    _adjustment_apply(adjustment, by_user=by_user)
+    return adjustment
+
+
+@transaction.atomic
+def adjustment_reject(*, adjustment: PointsAdjustment, by_user: AbstractBaseUser) -> PointsAdjustment:
+    adjustment = PointsAdjustment.objects.select_for_update().get(pk=adjustment.pk)
+    if adjustment.status != PointsAdjustment.Status.PENDING:
+        raise AdjustmentNotPending()
+    adjustment.status = PointsAdjustment.Status.REJECTED
+    adjustment.decided_by = by_user
+    adjustment.decided_at = timezone.now()
+    adjustment.save(update_fields=["status", "decided_by", "decided_at"])
+    return adjustment
+
+
+# -----------------------------------------------------------------------------
+# Tiers
+# -----------------------------------------------------------------------------
+def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
+    """Upgrade at once when qualifying spend crosses a higher tier's threshold."""
+    spend = qualifying_spend(member_id=member.pk, at=max(at, timezone.now()))
+    target = tier_for_spend(spend)
+    if target.rank <= member.tier.rank:
+        return None
+    previous = member.tier
+    Member.objects.filter(pk=member.pk).update(tier=target, tier_since=at, updated_at=timezone.now())
+    member.tier, member.tier_since = target, at
+    TierChange.objects.create(
+        member=member, from_tier=previous, to_tier=target, reason=TierChange.Reason.UPGRADE, qualifying_spend=spend
+    )
+    MemberEvent.objects.create(
+        member=member, kind=MemberEvent.Kind.TIER_CHANGED, reason="upgrade",
+        data={"from": previous.code, "to": target.code, "qualifying_spend": str(spend)},
+    )
+    return target
+
