@@ -55,10 +55,29 @@ def _check_beat() -> dict[str, Any]:
     }
 
 
+def _ledger_check() -> dict[str, Any]:
+    """The last nightly ``check_ledger`` result (informational: a violation
+    needs an operator, but the service itself is up)."""
+    try:
+        last = Heartbeat.objects.filter(name="check_ledger").first()
+    except Exception as exc:  # the database check reports the cause
+        return {"ok": False, "error": str(exc)}
+    if last is None:
+        return {"ok": None, "last_run": None}
+    return {
+        "ok": bool(last.detail.get("ok")),
+        "last_run": last.at.isoformat(),
+        "violations": last.detail.get("violations"),
+    }
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _check_database(), "broker": _check_broker()}
     checks["beat"] = _check_beat() if checks["database"]["ok"] else {"ok": False}
     healthy = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "unhealthy", "checks": checks}, status=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "unhealthy", "checks": checks}
+    if checks["database"]["ok"]:
+        body["ledger"] = _ledger_check()
+    return JsonResponse(body, status=200 if healthy else 503)

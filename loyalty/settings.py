@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -121,12 +122,19 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     # Every minute: proves beat and a worker are alive (read by /healthz).
     "heartbeat": {"task": "loyalty.tasks.heartbeat", "schedule": 60.0},
+    # Every 10 minutes: pending points whose period ended become spendable.
+    "points-release-pending": {"task": "points.release_pending", "schedule": 600.0},
+    # 00:10 local: expire points due at local midnight.
+    "points-expire": {"task": "points.expire_due", "schedule": crontab(hour=0, minute=10)},
+    # 01:00 local: tier upgrades and downgrades.
+    "points-evaluate-tiers": {"task": "points.evaluate_tiers", "schedule": crontab(hour=1, minute=0)},
+    # 03:00 local: verify every ledger invariant (result in /healthz and admin).
+    "points-check-ledger": {"task": "points.check_ledger", "schedule": crontab(hour=3, minute=0)},
 }
 # /healthz reports beat unhealthy when its heartbeat is older than this.
 LOYALTY_HEARTBEAT_MAX_AGE_SECONDS = env.int("LOYALTY_HEARTBEAT_MAX_AGE_SECONDS", default=180)
@@ -144,6 +152,8 @@ LANGUAGE_CODE = env("LANGUAGE_CODE", default="zh-hans")
 LANGUAGES = [("zh-hans", _("Simplified Chinese")), ("en", _("English"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env("TIME_ZONE", default="Asia/Shanghai")
+# Beat crontab entries are in local time.
+CELERY_TIMEZONE = TIME_ZONE
 USE_I18N = True
 USE_TZ = True
 

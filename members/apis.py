@@ -9,7 +9,7 @@ import segno
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -44,6 +44,7 @@ class ExpiringPointsSerializer(serializers.Serializer):
 class PointsSummarySerializer(serializers.Serializer):
     balance = serializers.IntegerField()
     pending = serializers.IntegerField()
+    spendable = serializers.IntegerField(required=False, help_text="Balance that can be used now.")
     cash_value = serializers.DecimalField(max_digits=14, decimal_places=2)
     expiring_30d = serializers.IntegerField()
     expiring = ExpiringPointsSerializer(many=True)
@@ -118,6 +119,7 @@ class MemberIdentifyApi(APIView):
     authentication_classes = [TerminalApiKeyAuthentication]
     permission_classes = [IsTerminal]
 
+    @extend_schema_serializer(component_name="MemberIdentifyInput")
     class InputSerializer(serializers.Serializer):
         code = serializers.CharField(max_length=64, help_text="Scanned member code, member number or phone.")
 
@@ -137,7 +139,7 @@ class MemberIdentifyApi(APIView):
             by = "member_no"
         else:
             by = "phone"
-        return Response(terminal_member_output(member, request.user, by))
+        return Response(TerminalMemberOutputSerializer(terminal_member_output(member, request.user, by)).data)
 
 
 class MemberEnrolApi(APIView):
@@ -146,6 +148,7 @@ class MemberEnrolApi(APIView):
     authentication_classes = [TerminalApiKeyAuthentication]
     permission_classes = [IsTerminal]
 
+    @extend_schema_serializer(component_name="MemberEnrolInput")
     class InputSerializer(serializers.Serializer):
         phone = serializers.CharField(max_length=32)
         name = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
@@ -173,7 +176,7 @@ class MemberEnrolApi(APIView):
             member, created = services.member_enrol(
                 **data, store=terminal.store, channel=Member.Channel.STORE, by_terminal=terminal
             )
-        output = terminal_member_output(member, terminal, "phone")
+        output = TerminalMemberOutputSerializer(terminal_member_output(member, terminal, "phone")).data
         return Response(output, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -204,6 +207,7 @@ class WechatLoginApi(APIView):
     authentication_classes: list[type] = []
     permission_classes: list[type] = []
 
+    @extend_schema_serializer(component_name="WechatLoginInput")
     class InputSerializer(serializers.Serializer):
         code = serializers.CharField(max_length=128)
 
@@ -230,6 +234,7 @@ class MemberRegisterApi(APIView):
     authentication_classes: list[type] = []
     permission_classes: list[type] = []
 
+    @extend_schema_serializer(component_name="MemberRegisterInput")
     class InputSerializer(serializers.Serializer):
         wechat_session = serializers.CharField(max_length=512)
         phone = serializers.CharField(max_length=32)
@@ -307,20 +312,22 @@ class MeApi(APIView):
             "remaining": max(next_tier.threshold - spend, Decimal("0.00")) if next_tier else None,
         }
         return Response(
-            {
-                "member_no": member.member_no,
-                "name": member.name,
-                "phone": member.phone,
-                "gender": member.gender,
-                "birthday": member.birthday,
-                "status": member.status,
-                "registered_at": member.created_at,
-                "marketing_consent": member.marketing_consent,
-                "tier": tier_output(member),
-                "tier_since": member.tier_since,
-                "tier_progress": progress,
-                "points": points_summary(member),
-            }
+            MeOutputSerializer(
+                {
+                    "member_no": member.member_no,
+                    "name": member.name,
+                    "phone": member.phone,
+                    "gender": member.gender,
+                    "birthday": member.birthday,
+                    "status": member.status,
+                    "registered_at": member.created_at,
+                    "marketing_consent": member.marketing_consent,
+                    "tier": tier_output(member),
+                    "tier_since": member.tier_since,
+                    "tier_progress": progress,
+                    "points": points_summary(member),
+                }
+            ).data
         )
 
 

@@ -110,7 +110,12 @@ def check(parts: CodeParts, *, secret: str, now: datetime | None = None, paid_at
     now_step = step_at(now)
     step = _step_from_hint(parts.hint, now_step)
     if not hmac.compare_digest(_otp(parts.member_no, secret, step), parts.otp):
-        return CodeCheck(valid=False, expired=False, step=step)
+        # A queued purchase may arrive more than HINT_MODULO / 2 steps late
+        # (the offline delay is configurable): read the hint near its paid_at.
+        paid_hint_step = _step_from_hint(parts.hint, step_at(paid_at)) if paid_at is not None else step
+        if paid_hint_step == step or not hmac.compare_digest(_otp(parts.member_no, secret, paid_hint_step), parts.otp):
+            return CodeCheck(valid=False, expired=False, step=step)
+        step = paid_hint_step
     if abs(step - now_step) <= 1:
         return CodeCheck(valid=True, expired=False, step=step)
     if paid_at is not None and step < now_step:

@@ -151,7 +151,3 @@ def _spread_registration_dates(members: list[Member]) -> None:
                 "WHERE e.member_id = m.id AND m.id = ANY(%s)",
                 [[pk for pk, _ in chunk]],
             )
-
-
-# Later apps append callables returning a one-line summary (purchases, coupons…).
-EXTRA_SEEDERS: list = []

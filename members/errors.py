@@ -78,6 +78,11 @@ class WechatAlreadyBound(Conflict):
     message = _("This member is already bound to another WeChat account.")
 
 
+class WechatOpenidTaken(Conflict):
+    code = "wechat_registered_to_other"
+    message = _("This WeChat account is already registered to another member.")
+
+
 class InvalidTier(InvalidInput):
     code = "unknown_tier"
     message = _("No active tier with code “%(tier)s”.")

@@ -104,11 +104,22 @@ def member_get_by_identifier(*, identifier: str) -> Member:
 def member_resolve(
     *, value: str, terminal: Terminal | None = None, paid_at: datetime | None = None
 ) -> IdentifiedMember:
-    """A scanned code (18 digits) or a typed member number / phone."""
+    """A scanned code (18 digits) or a typed member number / phone.
+
+    Typed values count towards the terminal's failure limit like codes do:
+    otherwise a terminal could enumerate phone numbers unthrottled."""
     value = (value or "").strip()
     if len(value) == codes.CODE_LENGTH and value.isascii() and value.isdigit():
         return member_get_by_code(code=value, terminal=terminal, paid_at=paid_at)
-    return IdentifiedMember(member=member_get_by_identifier(identifier=value), code_step=None)
+    if terminal is not None:
+        _failures_check(terminal)
+    try:
+        member = member_get_by_identifier(identifier=value)
+    except MemberNotFound:
+        if terminal is not None:
+            _failure_record(terminal, "not_found")
+        raise
+    return IdentifiedMember(member=member, code_step=None)
 
 
 def member_list() -> QuerySet[Member]:

@@ -21,6 +21,7 @@ from members.errors import (
     ReasonRequired,
     UnknownStore,
     WechatAlreadyBound,
+    WechatOpenidTaken,
 )
 from members.models import Member, MemberEvent, MemberToken, Store, Terminal, TerminalAPIKey, Tier, TierChange
 
@@ -316,7 +317,8 @@ def member_set_tier(
 @transaction.atomic
 def member_bind_wechat(*, member: Member, openid: str) -> Member:
     """Bind a WeChat openid to a member. Raises ``WechatAlreadyBound`` when the
-    member is bound to another openid, ``MemberClosed``."""
+    member is bound to another openid, ``WechatOpenidTaken`` when the openid is
+    bound to another member, ``MemberClosed``."""
     member = _member_lock(member)
     if member.status == Member.Status.CLOSED:
         raise MemberClosed()
@@ -324,6 +326,8 @@ def member_bind_wechat(*, member: Member, openid: str) -> Member:
         return member
     if member.wechat_openid:
         raise WechatAlreadyBound()
+    if Member.objects.filter(wechat_openid=openid).exists():
+        raise WechatOpenidTaken()
     member.wechat_openid = openid
     member.save(update_fields=["wechat_openid", "updated_at"])
     MemberEvent.objects.create(member=member, kind=MemberEvent.Kind.WECHAT_BOUND)

@@ -9,9 +9,9 @@ Adapters are pluggable by ``LOYALTY_WECHAT_ADAPTER``:
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
-import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Protocol
@@ -56,9 +56,14 @@ class Code2SessionAdapter:
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_seconds) as response:  # noqa: S310
                 payload = json.loads(response.read().decode("utf-8"))
-        except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # OSError covers URLError, timeouts and a connection reset or
+            # closed while reading the answer (RemoteDisconnected).
             logger.warning("WeChat code2session failed: %s", exc)
             raise WechatLoginFailed(reason=_("WeChat could not be reached")) from exc
+        if not isinstance(payload, dict):
+            logger.warning("WeChat code2session answered a %s, not an object", type(payload).__name__)
+            raise WechatLoginFailed(reason=_("WeChat returned no openid"))
         if payload.get("errcode"):
             logger.info("WeChat code2session refused: errcode=%s", payload.get("errcode"))
             raise WechatLoginFailed(

@@ -162,7 +162,7 @@ class PurchasePreviewApi(APIView):
     authentication_classes = [TerminalApiKeyAuthentication]
     permission_classes = [IsTerminal]
 
-    class OutputSerializer(serializers.Serializer):
+    class PreviewOutputSerializer(serializers.Serializer):
         points_to_earn = serializers.IntegerField()
         max_points_to_use = serializers.IntegerField()
         cash_paid_by_points = serializers.DecimalField(max_digits=12, decimal_places=2)
@@ -173,7 +173,7 @@ class PurchasePreviewApi(APIView):
         operation_id="terminal_purchase_preview",
         tags=["terminal"],
         request=PurchaseInputSerializer,
-        responses={200: OutputSerializer, **errors(400, 401, 403, 409, 410, 429)},
+        responses={200: PreviewOutputSerializer, **errors(400, 401, 403, 409, 410, 429)},
     )
     def post(self, request: Request) -> Response:
         data = _valid(PurchaseInputSerializer, request)
@@ -193,11 +193,11 @@ class RefundCreateApi(APIView):
     authentication_classes = [TerminalApiKeyAuthentication]
     permission_classes = [IsTerminal]
 
-    class InputSerializer(serializers.Serializer):
+    class RefundInputSerializer(serializers.Serializer):
         refund_no = ReceiptField()
         amount = _money_field()
 
-    class OutputSerializer(serializers.Serializer):
+    class RefundOutputSerializer(serializers.Serializer):
         receipt_no = serializers.CharField()
         refund_no = serializers.CharField()
         amount = serializers.DecimalField(max_digits=12, decimal_places=2)
@@ -212,11 +212,11 @@ class RefundCreateApi(APIView):
         operation_id="terminal_refund_create",
         tags=["terminal"],
         parameters=[IDEMPOTENCY_HEADER],
-        request=InputSerializer,
-        responses={201: OutputSerializer, **errors(400, 401, 404, 409, 422)},
+        request=RefundInputSerializer,
+        responses={201: RefundOutputSerializer, **errors(400, 401, 404, 409, 422)},
     )
     def post(self, request: Request, receipt_no: str) -> HttpResponse:
-        data = _valid(self.InputSerializer, request)
+        data = _valid(self.RefundInputSerializer, request)
         terminal: Terminal = request.user
 
         def operation() -> tuple[int, Any]:
@@ -262,7 +262,7 @@ class MeLedgerApi(APIView):
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
 
-    class FilterSerializer(serializers.Serializer):
+    class LedgerFilterSerializer(serializers.Serializer):
         kind = serializers.MultipleChoiceField(choices=PointsEntry.Kind.choices, required=False)
         date_from = serializers.DateField(required=False)
         date_to = serializers.DateField(required=False)
@@ -272,11 +272,11 @@ class MeLedgerApi(APIView):
     @extend_schema(
         operation_id="me_ledger",
         tags=["member"],
-        parameters=[FilterSerializer],
+        parameters=[LedgerFilterSerializer],
         responses={200: EntryOutputSerializer(many=True), **errors(400, 401)},
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
+        filters = self.LedgerFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         params = dict(filters.validated_data)
         query: dict[str, Any] = {}
@@ -297,7 +297,7 @@ class MeCheckInApi(APIView):
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
 
-    class OutputSerializer(serializers.Serializer):
+    class CheckInOutputSerializer(serializers.Serializer):
         points = serializers.IntegerField()
         balance = serializers.IntegerField()
         day = serializers.DateField()
@@ -307,7 +307,7 @@ class MeCheckInApi(APIView):
         tags=["member"],
         parameters=[IDEMPOTENCY_HEADER],
         request=None,
-        responses={201: OutputSerializer, **errors(401, 409, 422)},
+        responses={201: CheckInOutputSerializer, **errors(401, 409, 422)},
     )
     def post(self, request: Request) -> HttpResponse:
         member: Member = request.user
@@ -329,7 +329,7 @@ class MeClaimApi(APIView):
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
 
-    class InputSerializer(serializers.Serializer):
+    class ClaimInputSerializer(serializers.Serializer):
         store = serializers.CharField(max_length=32)
         receipt_no = ReceiptField()
 
@@ -337,11 +337,11 @@ class MeClaimApi(APIView):
         operation_id="me_claim",
         tags=["member"],
         parameters=[IDEMPOTENCY_HEADER],
-        request=InputSerializer,
+        request=ClaimInputSerializer,
         responses={201: PurchaseOutputSerializer, **errors(400, 401, 404, 409, 422)},
     )
     def post(self, request: Request) -> HttpResponse:
-        data = _valid(self.InputSerializer, request)
+        data = _valid(self.ClaimInputSerializer, request)
         member: Member = request.user
 
         def operation() -> tuple[int, Any]:
@@ -384,7 +384,7 @@ class AdjustmentCreateApi(APIView):
 
     permission_classes = [OperatorPermission]
 
-    class InputSerializer(serializers.Serializer):
+    class AdjustmentInputSerializer(serializers.Serializer):
         member_no = serializers.CharField(max_length=16)
         points = serializers.IntegerField(min_value=-(10**8), max_value=10**8)
         reason = serializers.CharField(max_length=255)
@@ -393,11 +393,11 @@ class AdjustmentCreateApi(APIView):
         operation_id="operator_adjustment_create",
         tags=["operator"],
         parameters=[IDEMPOTENCY_HEADER],
-        request=InputSerializer,
+        request=AdjustmentInputSerializer,
         responses={201: AdjustmentOutputSerializer, **errors(400, 401, 403, 404, 409, 422)},
     )
     def post(self, request: Request) -> HttpResponse:
-        data = _valid(self.InputSerializer, request)
+        data = _valid(self.AdjustmentInputSerializer, request)
 
         def operation() -> tuple[int, Any]:
             member = Member.objects.filter(member_no=data["member_no"]).first()

@@ -178,7 +178,9 @@ def _credit(
             remaining=rest,
             earned_at=at,
             expires_at=expires_at or expiry_for(at),
-            pending_until=pending_until if pending_until and pending_until > timezone.now() else None,
+            # Pending relative to the credit's own time, so back-dated and
+            # replayed credits behave as they did at that moment.
+            pending_until=pending_until if pending_until and pending_until > at else None,
         )
         if lot.pending_until is not None:
             account.pending += rest
@@ -201,10 +203,10 @@ def _draw(
     otherwise it raises ``InsufficientPoints`` and nothing is written."""
     if points <= 0:
         raise InvalidPoints()
-    now = timezone.now()
     lots = PointsLot.objects.filter(member_id=account.member_id, remaining__gt=0)
     if spendable_only:
-        lots = lots.filter(Q(pending_until__isnull=True) | Q(pending_until__lte=now), expires_at__gt=at)
+        # Spendable at the debit's own time (``at``), like the expiry filter.
+        lots = lots.filter(Q(pending_until__isnull=True) | Q(pending_until__lte=at), expires_at__gt=at)
     ordered = sorted(
         lots.only("id", "remaining", "pending_until", "expires_at"),
         key=lambda lot: (0 if first_lots and lot.pk in first_lots else 1, lot.expires_at, lot.pk),
@@ -426,6 +428,7 @@ def purchase_record(
 
 
 def _purchase_insert(**fields: Any) -> Purchase:
+    fields["lines"] = fields.get("lines") or []
     try:
         with transaction.atomic():
             return Purchase.objects.create(**fields)
@@ -476,9 +479,11 @@ def purchase_refund(
         raise DuplicateRefund(refund_no=refund_no) from None
 
     refunded_total = purchase.refunded_amount + amount
-    share = refunded_total / purchase.amount
-    returned = int((purchase.points_used * share).to_integral_value(rounding=ROUND_FLOOR)) - purchase.points_returned
-    reversed_ = int((purchase.points_earned * share).to_integral_value(rounding=ROUND_FLOOR)) - purchase.points_reversed
+    # floor(points × refunded ÷ amount) in integer cents: a Decimal share
+    # (e.g. 100/300 = 0.333…) rounds down and loses a point.
+    refunded_cents, amount_cents = int(refunded_total * 100), int(purchase.amount * 100)
+    returned = purchase.points_used * refunded_cents // amount_cents - purchase.points_returned
+    reversed_ = purchase.points_earned * refunded_cents // amount_cents - purchase.points_reversed
     clawback = 0
     if account is not None:
         refs = Refs(source=Source.REFUND, store=store, terminal=terminal, purchase=purchase, refund=refund)
@@ -670,7 +675,7 @@ def adjustment_reject(*, adjustment: PointsAdjustment, by_user: AbstractBaseUser
 # -----------------------------------------------------------------------------
 def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
     """Upgrade at once when qualifying spend crosses a higher tier's threshold."""
-    spend = qualifying_spend(member_id=member.pk, at=max(at, timezone.now()))
+    spend = qualifying_spend(member_id=member.pk, at=at)
     target = tier_for_spend(spend)
     if target.rank <= member.tier.rank:
         return None

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,9 +11,14 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(autouse=True)
-def _clear_cache() -> Iterator[None]:
-    cache.clear()
-    return
+def _clear_cache() -> None:
+    # Only this run's keys (KEY_PREFIX is per TEST_DB_SUFFIX): cache.clear()
+    # is FLUSHDB, which would also wipe concurrent runs' throttle counters and
+    # the Celery broker's queues that share the embedded Redis.
+    client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+    keys = list(client.scan_iter(match=f"{cache.key_prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture

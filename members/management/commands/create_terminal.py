@@ -1,5 +1,7 @@
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+
+from members.models import Terminal
 
 from members.services import store_get_or_create, terminal_create
 
@@ -13,6 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--store-name", default="", help="Name of the store if it is created")
 
     def handle(self, *args: object, **options: str) -> None:
+        if Terminal.objects.filter(store__code=options["store"], name=options["name"]).exists():
+            raise CommandError(f"Store {options['store']} already has a terminal named {options['name']}.")
         with transaction.atomic(durable=True):
             store, created = store_get_or_create(code=options["store"], name=options["store_name"])
             terminal, key = terminal_create(store=store, name=options["name"])

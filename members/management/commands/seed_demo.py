@@ -20,8 +20,9 @@ class Command(BaseCommand):
         stores, keys = demo.seed_stores_and_terminals()
         count = demo.seed_members(count=options["members"], stores=stores)
         self.stdout.write(f"Seeded {len(stores)} stores and {count} members.")
-        for extra in demo.EXTRA_SEEDERS:
-            self.stdout.write(extra())
+        from points.demo import seed_history
+
+        self.stdout.write(seed_history())
         Heartbeat.objects.update_or_create(name="seed_demo", defaults={"at": timezone.now()})
         if keys:
             self.stdout.write("Terminal API keys (shown once):")
