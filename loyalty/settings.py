@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "loyalty",
     "members",
     "points",
+    "campaigns",
 ]
 
 MIDDLEWARE = [
@@ -135,6 +136,15 @@ CELERY_BEAT_SCHEDULE = {
     "points-evaluate-tiers": {"task": "points.evaluate_tiers", "schedule": crontab(hour=1, minute=0)},
     # 03:00 local: verify every ledger invariant (result in /healthz and admin).
     "points-check-ledger": {"task": "points.check_ledger", "schedule": crontab(hour=3, minute=0)},
+    # 00:20 local: expire coupons past their validity.
+    "coupons-expire": {"task": "campaigns.coupons_expire", "schedule": crontab(hour=0, minute=20)},
+    # Every minute: issue queued coupons and retry failed attempts (backoff within 15 minutes).
+    "coupons-issue-sweep": {"task": "campaigns.coupon_issue_sweep", "schedule": 60.0},
+    # 1st of the month, 02:00 local: tier privileges for the new month.
+    "tier-privileges-monthly": {
+        "task": "campaigns.tier_privileges_monthly",
+        "schedule": crontab(day_of_month=1, hour=2, minute=0),
+    },
 }
 # /healthz reports beat unhealthy when its heartbeat is older than this.
 LOYALTY_HEARTBEAT_MAX_AGE_SECONDS = env.int("LOYALTY_HEARTBEAT_MAX_AGE_SECONDS", default=180)

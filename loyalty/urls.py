@@ -8,6 +8,7 @@ from loyalty.health import healthz
 api_v1 = [
     path("", include("members.urls")),
     path("", include("points.urls")),
+    path("", include("campaigns.urls")),
 ]
 
 urlpatterns = [

@@ -30,7 +30,6 @@ from points.errors import (
     AdjustmentNotPending,
     AlreadyCheckedIn,
     ClaimNotAllowed,
-    CouponsNotAvailable,
     DuplicateReceipt,
     DuplicateRefund,
     InsufficientPoints,
@@ -366,12 +365,13 @@ def purchase_record(
     (by code, or by member number/phone, which can only earn).
     Raises ``DuplicateReceipt``, ``MemberCodeRequired``, ``MemberCodeAlreadyUsed``,
     ``MemberFrozen``, ``MemberClosed``, ``PointsOverCap``, ``InsufficientPoints``,
-    ``InvalidPaidAt``, ``CouponsNotAvailable``; on any of them nothing is written.
+    ``InvalidPaidAt`` and the coupon errors of ``coupon_write_off``; on any of
+    them nothing is written.
     """
     now = now or timezone.now()
     paid_at = paid_at or now
     _paid_at_check(paid_at, now)
-    coupon_codes = [code for code in (coupon_codes or []) if code]
+    coupon_codes = list(dict.fromkeys(code for code in (coupon_codes or []) if code))
     if Purchase.objects.filter(store=store, receipt_no=receipt_no).exists():
         raise DuplicateReceipt(receipt_no=receipt_no)
     member = identified.member if identified else None
@@ -386,8 +386,6 @@ def purchase_record(
     if (points_to_use or coupon_codes) and not identified.by_code:
         raise MemberCodeRequired()
     _member_can_earn(member)
-    if coupon_codes:
-        raise CouponsNotAvailable()
     max_points = points_max_for_bill(amount)
     if points_to_use > max_points:
         raise PointsOverCap(max_points=max_points, detail={"max_points": max_points})
@@ -403,6 +401,9 @@ def purchase_record(
     if points_to_use:
         _draw(account, kind=Kind.REDEEM, points=points_to_use, at=paid_at, refs=refs, spendable_only=True)
         cash = points_cash_value(points_to_use)
+    coupons = _coupons_write_off(
+        coupon_codes, store=store, terminal=terminal, purchase=purchase, member=member, amount=amount, at=now
+    )
     multiplier = campaign_multiplier(member=member, store=store, at=paid_at)
     earned = points_for_amount(amount=amount - cash, tier=tier, multiplier=multiplier)
     pending = 0
@@ -424,7 +425,30 @@ def purchase_record(
         points_pending=pending,
         tier=new_tier or tier,
         tier_changed=new_tier is not None,
+        coupons_written_off=coupons,
     )
+
+
+def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+    """Write off the coupons of a purchase (after the account lock: lock order)."""
+    if not codes:
+        return []
+    from campaigns.services.coupons import coupon_write_off
+
+    written = []
+    for code in codes:
+        coupon = coupon_write_off(code=code, receipt_no=kwargs["purchase"].receipt_no, **kwargs)
+        benefit = coupon.benefit
+        written.append(
+            {
+                "code": coupon.code,
+                "name": benefit.name,
+                "kind": benefit.kind,
+                "value": benefit.value,
+                "cash_price": benefit.cash_price,
+            }
+        )
+    return written
 
 
 def _purchase_insert(**fields: Any) -> Purchase:
@@ -506,12 +530,17 @@ def purchase_refund(
         points_reversed=max(reversed_, 0), points_returned=max(returned, 0), clawback=clawback
     )
     refund.points_reversed, refund.points_returned, refund.clawback = max(reversed_, 0), max(returned, 0), clawback
+    restored: list[str] = []
+    if refunded_total == purchase.amount:
+        from campaigns.services.coupons import coupons_restore_for_purchase
+
+        restored = [coupon.code for coupon in coupons_restore_for_purchase(purchase=purchase, at=at)]
     Purchase.objects.filter(pk=purchase.pk).update(
         refunded_amount=refunded_total,
         points_reversed=purchase.points_reversed + max(reversed_, 0),
         points_returned=purchase.points_returned + max(returned, 0),
     )
-    return RefundResult(refund, balance=account.balance if account else 0)
+    return RefundResult(refund, balance=account.balance if account else 0, coupons_restored=restored)
 
 
 # -----------------------------------------------------------------------------
@@ -689,5 +718,8 @@ def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
         member=member, kind=MemberEvent.Kind.TIER_CHANGED, reason="upgrade",
         data={"from": previous.code, "to": target.code, "qualifying_spend": str(spend)},
     )
+    from campaigns.services.issuing import tier_privileges_grant
+
+    tier_privileges_grant(member=member, tier=target, at=at)
     return target
 

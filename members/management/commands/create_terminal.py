@@ -2,7 +2,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from members.models import Terminal
-
 from members.services import store_get_or_create, terminal_create
 
 
