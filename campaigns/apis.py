@@ -16,7 +16,7 @@ from campaigns import selectors
 from campaigns.errors import BenefitNotFound
 from campaigns.models import Benefit, Coupon
 from campaigns.services.coupons import benefit_exchange, coupon_write_off, reason_text
-from loyalty.api.authentication import MemberTokenAuthentication, TerminalApiKeyAuthentication
+from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
@@ -171,7 +171,7 @@ class MeCouponListApi(APIView):
 class CouponWriteOffApi(APIView):
     """Write off a coupon at the till, once."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     class WriteOffInputSerializer(serializers.Serializer):

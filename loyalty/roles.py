@@ -15,6 +15,7 @@ OPERATOR = gettext_noop("Operator")
 MARKETING = gettext_noop("Marketing")
 AUDITOR = gettext_noop("Auditor")
 STORE_MANAGER = gettext_noop("Store manager")
+CLERK = gettext_noop("Clerk")
 
 # app_label -> model -> actions. "*" as a model means every model of the app.
 ROLE_PERMISSIONS: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
@@ -54,12 +55,15 @@ ROLE_PERMISSIONS: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     },
 }
 
+ROLE_PERMISSIONS[CLERK] = {}
+
 # Extra permissions beyond view/add/change/delete.
 ROLE_EXTRA_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
     OPERATOR: (("members", "view_member_phone"),),
     AUDITOR: (),
     MARKETING: (),
-    STORE_MANAGER: (),
+    STORE_MANAGER: (("members", "use_console"),),
+    CLERK: (("members", "use_console"),),
 }
 
 

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from loyalty.api.authentication import MemberTokenAuthentication, TerminalApiKeyAuthentication
+from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
 from members import selectors, services
@@ -55,6 +55,8 @@ class CouponSummarySerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.CharField()
     value = serializers.DecimalField(max_digits=12, decimal_places=2)
+    min_spend = serializers.DecimalField(max_digits=12, decimal_places=2)
+    cash_price = serializers.DecimalField(max_digits=12, decimal_places=2)
     valid_until = serializers.DateTimeField()
 
 
@@ -63,12 +65,6 @@ def points_summary(member: Member) -> dict[str, Any]:
     from points.selectors import points_summary_get
 
     return points_summary_get(member=member)
-
-
-def coupons_usable(member: Member, terminal: Terminal | None) -> list[dict[str, Any]]:
-    from points.selectors import coupons_usable_get
-
-    return coupons_usable_get(member=member, store=terminal.store if terminal else None)
 
 
 def tier_output(member: Member) -> dict[str, Any]:
@@ -98,17 +94,18 @@ class TerminalMemberOutputSerializer(serializers.Serializer):
     identified_by = serializers.ChoiceField(choices=["code", "member_no", "phone"])
 
 
-def terminal_member_output(
-    member: Member, terminal: Terminal, identified_by: str, points: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def terminal_member_output(member: Member, terminal: Terminal, identified_by: str) -> dict[str, Any]:
+    from points.selectors import till_summary_get
+
+    points, coupons = till_summary_get(member=member, store=terminal.store)
     return {
         "member_no": member.member_no,
         "name": member.masked_name,
         "phone": member.masked_phone,
         "status": member.status,
         "tier": tier_output(member),
-        "points": points if points is not None else points_summary(member),
-        "coupons": coupons_usable(member, terminal) if member.status == Member.Status.ACTIVE else [],
+        "points": points,
+        "coupons": coupons if member.status == Member.Status.ACTIVE else [],
         "identified_by": identified_by,
     }
 
@@ -116,7 +113,7 @@ def terminal_member_output(
 class MemberIdentifyApi(APIView):
     """Scan a member code at the till (or type a member number or phone)."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     @extend_schema_serializer(component_name="MemberIdentifyInput")
@@ -145,7 +142,7 @@ class MemberIdentifyApi(APIView):
 class MemberEnrolApi(APIView):
     """Enrol a walk-in customer by phone, or return the member who has it."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     @extend_schema_serializer(component_name="MemberEnrolInput")

@@ -312,6 +312,7 @@ class StaffProfile(models.Model):
     class Meta:
         verbose_name = _("staff profile")
         verbose_name_plural = _("staff profiles")
+        permissions = [("use_console", _("Can use the clerk console of their store"))]
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.store}"

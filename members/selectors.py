@@ -145,3 +145,27 @@ def tier_for_spend(spend: Decimal) -> Tier:
 
 def member_code_current(*, member: Member, at: datetime | None = None) -> tuple[str, int]:
     return codes.code_for(member_no=member.member_no, secret=member.code_secret, at=at or timezone.now())
+
+
+CONSOLE_TERMINAL_NAME = "console"
+
+
+def clerk_store_for(user: object) -> object | None:
+    """The store a staff user works at (``StaffProfile``), if any."""
+    profile = getattr(user, "staff_profile", None)
+    store = getattr(profile, "store", None)
+    return store if store is not None and store.is_active else None
+
+
+def clerk_terminal_for(user: object) -> Terminal | None:
+    """The console terminal of the clerk's store (created on first use), or
+    None when the user is not a clerk (needs the "use the clerk console" permission and a store)."""
+    if not getattr(user, "has_perm", None) or not user.has_perm("members.use_console"):  # type: ignore[attr-defined]
+        return None
+    store = clerk_store_for(user)
+    if store is None:
+        return None
+    terminal, _ = Terminal.objects.select_related("store").get_or_create(store=store, name=CONSOLE_TERMINAL_NAME)
+    if not terminal.is_active:
+        return None
+    return terminal

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from loyalty.api.authentication import MemberTokenAuthentication, TerminalApiKeyAuthentication
+from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
@@ -122,7 +122,7 @@ def purchase_output(result: services.PurchaseResult) -> dict[str, Any]:
 class PurchaseCreateApi(APIView):
     """Record a purchase: earn points, pay part of the bill with points, apply coupons."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     @extend_schema(
@@ -159,7 +159,7 @@ class PurchaseCreateApi(APIView):
 class PurchasePreviewApi(APIView):
     """What a purchase would earn and how many points may pay it; writes nothing."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     class PreviewOutputSerializer(serializers.Serializer):
@@ -190,7 +190,7 @@ class PurchasePreviewApi(APIView):
 class RefundCreateApi(APIView):
     """Refund all or part of a purchase of this store."""
 
-    authentication_classes = [TerminalApiKeyAuthentication]
+    authentication_classes = TERMINAL_AUTHENTICATION
     permission_classes = [IsTerminal]
 
     class RefundInputSerializer(serializers.Serializer):

@@ -25,22 +25,56 @@ SELECT COALESCE(a.balance, 0), COALESCE(a.pending, 0), COALESCE(a.debt, 0),
                WHERE member_id = %(member)s AND remaining > 0 AND expires_at > %(now)s AND expires_at <= %(until)s
                GROUP BY expires_at) x
        ), '[]'::json)
+       %(coupons)s
 FROM (SELECT %(member)s::bigint AS member_id) m
 LEFT JOIN points_pointsaccount a ON a.member_id = m.member_id
+"""
+
+# Usable coupons of the member at a store, for the till summary (same query).
+_COUPONS_SQL = """, COALESCE((
+    SELECT json_agg(json_build_object(
+               'code', x.code, 'name', x.name, 'kind', x.kind, 'value', x.value::text,
+               'min_spend', x.min_spend::text, 'cash_price', x.cash_price::text, 'valid_until', x.valid_until)
+           ORDER BY x.valid_until, x.id)
+    FROM (SELECT c.id, c.code, b.name, b.kind, b.value, b.min_spend, b.cash_price, c.valid_until
+          FROM campaigns_coupon c JOIN campaigns_benefit b ON b.id = c.benefit_id
+          WHERE c.member_id = %(member)s AND c.status = 'issued'
+            AND c.valid_from <= %(now)s AND c.valid_until > %(now)s
+            AND (NOT EXISTS (SELECT 1 FROM campaigns_benefit_stores s WHERE s.benefit_id = b.id)
+                 OR EXISTS (SELECT 1 FROM campaigns_benefit_stores s
+                            WHERE s.benefit_id = b.id AND s.store_id = %(store)s))
+          ORDER BY c.valid_until, c.id LIMIT 50) x
+  ), '[]'::json)
 """
 
 
 def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[str, Any]:
     """Balance, pending, spendable cash value and points expiring within 30 days
     (each last valid day with its amount), in one query."""
+    return _summary(member=member, now=now, store=None)[0]
+
+
+def till_summary_get(*, member: Member, store: Store, now: datetime | None = None) -> tuple[dict[str, Any], list]:
+    """The points summary and the coupons usable at ``store``, in one query (the till is waiting)."""
+    return _summary(member=member, now=now, store=store)
+
+
+def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tuple[dict[str, Any], list]:
     from points.services import points_cash_value
 
     now = now or timezone.now()
+    sql = _SUMMARY_SQL.replace("%(coupons)s", _COUPONS_SQL if store is not None else "")
+    params = {
+        "member": member.pk,
+        "now": now,
+        "until": now + timedelta(days=EXPIRING_WINDOW_DAYS),
+        "store": store.pk if store is not None else None,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(
-            _SUMMARY_SQL, {"member": member.pk, "now": now, "until": now + timedelta(days=EXPIRING_WINDOW_DAYS)}
-        )
-        balance, pending, debt, expiring_raw = cursor.fetchone()
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    balance, pending, debt, expiring_raw = row[:4]
+    coupons_raw = row[4] if store is not None else []
     expiring_rows = json.loads(expiring_raw) if isinstance(expiring_raw, str) else expiring_raw
     by_day: dict[Any, int] = {}
     for row in expiring_rows:
@@ -49,7 +83,7 @@ def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[s
         last_day = (timezone.localtime(expires_at) - timedelta(microseconds=1)).date()
         by_day[last_day] = by_day.get(last_day, 0) + int(row["points"])
     spendable = max(balance - pending, 0) if debt == 0 else 0
-    return {
+    summary = {
         "balance": balance,
         "pending": pending,
         "spendable": spendable,
@@ -57,6 +91,13 @@ def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[s
         "expiring_30d": sum(by_day.values()),
         "expiring": [{"expires_on": day, "points": points} for day, points in sorted(by_day.items())],
     }
+    coupons = json.loads(coupons_raw) if isinstance(coupons_raw, str) else coupons_raw
+    for coupon in coupons:
+        coupon["value"] = Decimal(coupon["value"])
+        coupon["min_spend"] = Decimal(coupon["min_spend"])
+        coupon["cash_price"] = Decimal(coupon["cash_price"])
+        coupon["valid_until"] = datetime.fromisoformat(coupon["valid_until"])
+    return summary, coupons
 
 
 def coupons_usable_get(*, member: Member, store: Store | None) -> list[dict[str, Any]]:

@@ -74,3 +74,24 @@ class MemberTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+class ClerkSessionAuthentication(authentication.SessionAuthentication):
+    """The clerk console: a signed-in clerk bound to a store acts as that
+    store's ``console`` terminal, through the same terminal API (CSRF enforced)."""
+
+    def authenticate(self, request: Request) -> tuple[Terminal, None] | None:
+        user = getattr(request._request, "user", None)
+        if user is None or not user.is_active or not user.is_authenticated:
+            return None
+        from members.selectors import clerk_terminal_for
+
+        terminal = clerk_terminal_for(user)
+        if terminal is None:
+            return None
+        self.enforce_csrf(request)
+        return terminal, None
+
+
+# Terminal API: POS integrations by API key, the clerk console by session.
+TERMINAL_AUTHENTICATION = [TerminalApiKeyAuthentication, ClerkSessionAuthentication]
