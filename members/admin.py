@@ -39,7 +39,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.models import APIKey
 
 from loyalty.errors import LoyaltyError
-from loyalty.roles import STORE_MANAGER
+from loyalty.roles import CLERK, STORE_MANAGER
 from members.errors import InvalidPhone
 from members.models import (
     Member,
@@ -65,6 +65,8 @@ from members.services import (
 )
 
 PHONE_PERMISSION = "members.view_member_phone"
+# Roles bound to one store (StaffProfile.store): their admin views are limited to it.
+STORE_BOUND_ROLES = (STORE_MANAGER, CLERK)
 # Rows listed on a confirmation page; the rest are counted, not listed.
 CONFIRMATION_ROWS_SHOWN = 100
 
@@ -86,14 +88,14 @@ class StoreScope:
 
 def store_scope(request: HttpRequest) -> StoreScope | None:
     """The store ``request.user`` is limited to, or None for staff who see every
-    store. Membership of the Store manager group limits a user even if another
+    store. Membership of a store-bound group limits a user even if another
     group would not: the narrower view wins. Cached on the request."""
     cached = getattr(request, "_loyalty_store_scope", False)
     if cached is not False:
         return cached
     user = request.user
     scope = None
-    if not user.is_superuser and user.groups.filter(name=STORE_MANAGER).exists():
+    if not user.is_superuser and user.groups.filter(name__in=STORE_BOUND_ROLES).exists():
         store_id = StaffProfile.objects.filter(user=user).values_list("store_id", flat=True).first()
         scope = StoreScope(store_id=store_id)
     request._loyalty_store_scope = scope  # type: ignore[attr-defined]

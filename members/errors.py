@@ -91,3 +91,8 @@ class InvalidTier(InvalidInput):
 class ReasonRequired(InvalidInput):
     code = "reason_required"
     message = _("A reason is required.")
+
+
+class TerminalRevoked(Conflict):
+    code = "terminal_revoked"
+    message = _("This terminal is revoked; create a new terminal instead.")

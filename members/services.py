@@ -15,10 +15,12 @@ from django.utils import timezone
 
 from members.errors import (
     InvalidPhone,
+    InvalidTier,
     MemberClosed,
     MemberStatusUnchanged,
     PhoneTakenByOther,
     ReasonRequired,
+    TerminalRevoked,
     UnknownStore,
     WechatAlreadyBound,
     WechatOpenidTaken,
@@ -104,7 +106,10 @@ def terminal_create(*, store: Store, name: str) -> tuple[Terminal, str]:
 
 @transaction.atomic
 def terminal_key_rotate(*, terminal: Terminal) -> str:
-    """Revoke every key of ``terminal`` and issue a new one."""
+    """Revoke every key of ``terminal`` and issue a new one. Raises
+    ``TerminalRevoked`` for a disabled terminal (its keys would be refused)."""
+    if not terminal.is_active:
+        raise TerminalRevoked()
     TerminalAPIKey.objects.filter(terminal=terminal, revoked=False).update(revoked=True)
     _, key = TerminalAPIKey.objects.create_key(name=f"{terminal.store.code}/{terminal.name}", terminal=terminal)
     return key
@@ -285,6 +290,8 @@ def member_set_tier(
     (not downgraded by evaluation before then). Raises ``ReasonRequired``,
     ``MemberClosed``, ``MemberStatusUnchanged`` when the tier is the same."""
     reason = _require_reason(reason)
+    if not tier.is_active:
+        raise InvalidTier(tier=tier.code)
     member = _member_lock(member)
     if member.status == Member.Status.CLOSED:
         raise MemberClosed()

@@ -21,6 +21,11 @@ def main() -> int:
     port = os.environ.get("PORT", "8000")
     var = Path(os.environ.get("LOYALTY_VAR_DIR", BASE_DIR / "var"))
     var.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(BASE_DIR / "scripts"))
+    import devservices
+
+    # Stop on exit only the embedded servers this run started (make test may share them).
+    already_running = devservices.pg_running() and devservices.redis_running()
     subprocess.run([PY, "scripts/devservices.py", "start"], cwd=BASE_DIR, check=True)
     try:
         manage("migrate", "--noinput")
@@ -44,7 +49,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        subprocess.run([PY, "scripts/devservices.py", "stop"], cwd=BASE_DIR, check=False)
+        if not already_running:
+            subprocess.run([PY, "scripts/devservices.py", "stop"], cwd=BASE_DIR, check=False)
 
 
 if __name__ == "__main__":
