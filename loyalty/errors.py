@@ -67,3 +67,55 @@ class ServiceUnavailable(LoyaltyError):
     code = "service_unavailable"
     http_status = 503
     message = _("The service is temporarily unavailable. Retry with the same Idempotency-Key.")
+
+
+ERROR_MODULES = (
+    "loyalty.errors",
+    "loyalty.api.idempotency",
+    "members.errors",
+    "members.imports",
+    "points.errors",
+    "campaigns.errors",
+)
+
+
+def error_catalogue() -> list[tuple[str, int, str]]:
+    """Every stable error code with its HTTP status and English message, sorted."""
+    import importlib
+
+    from django.utils import translation
+
+    for module in ERROR_MODULES:
+        importlib.import_module(module)
+
+    def subclasses(cls: type) -> list[type]:
+        found = []
+        for sub in cls.__subclasses__():
+            found.append(sub)
+            found.extend(subclasses(sub))
+        return found
+
+    rows: dict[str, tuple[str, int, str]] = {}
+    with translation.override("en"):
+        for cls in subclasses(LoyaltyError):
+            rows.setdefault(cls.code, (cls.code, cls.http_status, str(cls.message)))
+    return sorted(rows.values())
+
+
+def error_catalogue_markdown() -> str:
+    lines = [
+        "# Error codes",
+        "",
+        "Every refusal of the API is `{\"error\": {\"code\", \"message\", \"detail\"}}` with one of these",
+        "stable codes (the message is translated to the request's language; `%(name)s` parts are filled in).",
+        "Generated from the code by `python scripts/error_codes.py`; a test keeps this file in step.",
+        "Besides these: `invalid_input` (400, field errors in `detail`), `malformed_request`, `not_authenticated`,",
+        "`authentication_failed` (401), `permission_denied` (403), `not_found` (404), `method_not_allowed` (405),",
+        "`unsupported_media_type` (415) and `service_unavailable` (503, retry with the same Idempotency-Key).",
+        "",
+        "| code | HTTP | message |",
+        "|---|---|---|",
+    ]
+    for code, status, message in error_catalogue():
+        lines.append(f"| `{code}` | {status} | {message.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
