@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import PurePath
 from typing import Any
 
@@ -119,6 +119,12 @@ class LotExplanation:
     @property
     def returned(self) -> int:
         return sum(allocation.points for allocation in self.allocations if allocation.points > 0)
+
+    @property
+    def valid_through(self) -> date:
+        """The last local day the lot's points can be used (they expire at the
+        local midnight after it)."""
+        return (timezone.localtime(self.lot.expires_at) - timedelta(microseconds=1)).date()
 
     @property
     def consistent(self) -> bool:
@@ -330,6 +336,9 @@ class AllocationByEntryInline(ReadOnlyInline):
     fields = ["lot", "points"]
     readonly_fields = fields
     verbose_name_plural = _("drawn from / returned into lots")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PointsAllocation]:
+        return super().get_queryset(request).select_related("lot")
 
 
 class AllocationByLotInline(ReadOnlyInline):
@@ -940,11 +949,11 @@ class PointsAdjustmentAdmin(LedgerSearchMixin, LoyaltyModelAdmin):
                 request.points_adjustment_refusal = refusal  # type: ignore[attr-defined]
                 return super().changeform_view(request, object_id, form_url, extra_context)
         obj = self.get_object(request, unquote(object_id))
-        extra_context["can_decide"] = bool(
-            obj is not None
-            and obj.status == PointsAdjustment.Status.PENDING
-            and self.has_approve_permission(request, obj)
-        )
+        pending = obj is not None and obj.status == PointsAdjustment.Status.PENDING
+        own = obj is not None and obj.requested_by_id == request.user.pk
+        # The requester may not approve their own (the service refuses it too).
+        extra_context["can_decide"] = bool(pending and not own and self.has_approve_permission(request, obj))
+        extra_context["waits_for_other"] = bool(pending and own)
         extra_context["decide_url"] = _admin_url(PointsAdjustment, "decide", object_id)
         return super().changeform_view(request, object_id, form_url, extra_context)
 

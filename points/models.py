@@ -90,6 +90,11 @@ class Purchase(models.Model):
     code_step = models.BigIntegerField(_("member code step"), null=True, blank=True)
     offline = models.BooleanField(_("queued offline"), default=False, help_text=_("Flagged for audit."))
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    # Refunded before a claim: the claim earned on the rest, so later refunds
+    # reverse the claimed points over (amount − this).
+    claim_refund_offset = models.DecimalField(
+        _("refunded before claim"), max_digits=12, decimal_places=2, default=Decimal("0")
+    )
     created_at = models.DateTimeField(_("recorded at"), auto_now_add=True)
 
     class Meta:

@@ -18,7 +18,7 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -507,7 +507,18 @@ def purchase_refund(
     # (e.g. 100/300 = 0.333…) rounds down and loses a point.
     refunded_cents, amount_cents = int(refunded_total * 100), int(purchase.amount * 100)
     returned = purchase.points_used * refunded_cents // amount_cents - purchase.points_returned
-    reversed_ = purchase.points_earned * refunded_cents // amount_cents - purchase.points_reversed
+    # Earned points reverse over what they were earned on (a claim earns on
+    # what was not refunded before it) ...
+    offset_cents = int(purchase.claim_refund_offset * 100)
+    reversed_ = (
+        purchase.points_earned * (refunded_cents - offset_cents) // (amount_cents - offset_cents)
+        - purchase.points_reversed
+    )
+    # ... and never take again points of this purchase that already expired:
+    # the member lost those once.
+    if reversed_ > 0 and purchase.points_earned:
+        reversible = purchase.points_earned - purchase.points_reversed - _expired_from_purchase(purchase)
+        reversed_ = max(min(reversed_, reversible), 0)
     clawback = 0
     if account is not None:
         refs = Refs(source=Source.REFUND, store=store, terminal=terminal, purchase=purchase, refund=refund)
@@ -543,6 +554,14 @@ def purchase_refund(
     return RefundResult(refund, balance=account.balance if account else 0, coupons_restored=restored)
 
 
+def _expired_from_purchase(purchase: Purchase) -> int:
+    """Points earned by ``purchase`` that expired (drawn from its earn lots by expiry)."""
+    drawn = PointsAllocation.objects.filter(
+        entry__kind=Kind.EXPIRE, lot__entry__purchase=purchase, lot__entry__kind=Kind.EARN
+    ).aggregate(total=models.Sum("points"))["total"]
+    return -(drawn or 0)
+
+
 # -----------------------------------------------------------------------------
 # Claims, check-in, generic credits and debits
 # -----------------------------------------------------------------------------
@@ -569,7 +588,10 @@ def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetim
     earned = points_for_amount(amount=net, tier=tier, multiplier=multiplier)
     purchase.member, purchase.tier, purchase.claimed_at = member, tier, at
     purchase.points_earned, purchase.multiplier = earned, multiplier
-    purchase.save(update_fields=["member", "tier", "claimed_at", "points_earned", "multiplier"])
+    purchase.claim_refund_offset = purchase.refunded_amount
+    purchase.save(
+        update_fields=["member", "tier", "claimed_at", "points_earned", "multiplier", "claim_refund_offset"]
+    )
     pending = 0
     if earned > 0:
         refs = Refs(source=Source.CLAIM, store=store, purchase=purchase)

@@ -42,3 +42,16 @@ class MemberTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
         return {"type": "http", "scheme": "bearer", "description": "Member token from /api/v1/auth/wechat."}
+
+
+class ClerkSessionScheme(OpenApiAuthenticationExtension):
+    target_class = "loyalty.api.authentication.ClerkSessionAuthentication"
+    name = "ClerkSession"
+
+    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sessionid",
+            "description": "The clerk console's session (a clerk bound to a store), with X-CSRFToken.",
+        }
