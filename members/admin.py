@@ -671,6 +671,9 @@ class MemberAdmin(OperationsAdminMixin):
             if request.user.has_perm(f"members.view_{model._meta.model_name}"):
                 url = reverse(f"admin:members_{model._meta.model_name}_changelist", current_app=self.admin_site.name)
                 yield label, f"{url}?member__id__exact={obj.pk}"
+        from points.admin import member_points_links  # points.admin imports this module
+
+        yield from member_points_links(request, obj)
 
     @admin.action(description=_("Freeze selected members…"), permissions=["change"])
     def freeze_members(self, request: HttpRequest, queryset: QuerySet[Member]) -> Any:

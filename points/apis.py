@@ -411,10 +411,23 @@ class AdjustmentCreateApi(APIView):
         return idempotent(request, scope=f"user:{request.user.pk}", operation=operation)
 
 
+class ApproverPermission(BasePermission):
+    """Staff who may decide adjustments (the same permission as admin's approve)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(
+            user is not None
+            and getattr(user, "is_staff", False)
+            and user.is_active
+            and user.has_perm("points.change_pointsadjustment")
+        )
+
+
 class AdjustmentApproveApi(APIView):
     """A second operator approves a pending adjustment."""
 
-    permission_classes = [OperatorPermission]
+    permission_classes = [ApproverPermission]
 
     @extend_schema(
         operation_id="operator_adjustment_approve",

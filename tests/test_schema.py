@@ -31,7 +31,7 @@ def test_schema_declares_auth_schemes_and_error_envelope(schema):
         "description": "Member token from /api/v1/auth/wechat.",
     }
     identify = schema["paths"]["/api/v1/terminal/identify"]["post"]
-    assert identify["security"] == [{"TerminalApiKey": []}]
+    assert identify["security"] == [{"TerminalApiKey": []}, {"ClerkSession": []}]
     assert {"200", "400", "401", "404", "410", "429"} <= set(identify["responses"])
     assert schema["paths"]["/api/v1/me"]["get"]["security"] == [{"MemberToken": []}]
     error_body = schema["components"]["schemas"]["ErrorBody"]
