@@ -4,9 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-SCALE ?= small
 
-.PHONY: install run test services stop lint bench messages
+.PHONY: install run test services stop lint messages
 
 install: $(VENV)/.installed
 
@@ -33,8 +32,5 @@ lint: install
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 messages: install
-	DEBUG=1 $(PY) manage.py makemessages -l zh_Hans -l en --no-obsolete --ignore=.venv --ignore=var
+	DEBUG=1 $(PY) manage.py makemessages -l zh_Hans --no-obsolete --ignore=.venv --ignore=var --ignore=staticfiles
 	DEBUG=1 $(PY) manage.py compilemessages --ignore=.venv
-
-bench: services
-	SCALE=$(SCALE) $(PY) scripts/bench.py
