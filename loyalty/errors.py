@@ -75,7 +75,9 @@ ERROR_MODULES = (
     "members.errors",
     "members.imports",
     "points.errors",
+    "points.imports",
     "campaigns.errors",
+    "campaigns.services.batches",
 )
 
 
