@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from campaigns import selectors
-from campaigns.errors import BenefitNotFound
+from campaigns.errors import BenefitNotFound, CouponNotFound
 from campaigns.models import Benefit, Coupon
 from campaigns.services.coupons import benefit_exchange, coupon_write_off, reason_text
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
@@ -21,6 +21,7 @@ from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
+from loyalty.throttle import failure_record, failures_check
 from members.apis import _valid
 from members.models import Member, Terminal
 from points.apis import IDEMPOTENCY_HEADER, ReceiptField
@@ -192,9 +193,14 @@ class CouponWriteOffApi(APIView):
         terminal: Terminal = request.user
 
         def operation() -> tuple[int, Any]:
-            coupon = coupon_write_off(
-                code=code, store=terminal.store, terminal=terminal, receipt_no=data["receipt_no"]
-            )
+            failures_check(kind="coupon", terminal=terminal)
+            try:
+                coupon = coupon_write_off(
+                    code=code, store=terminal.store, terminal=terminal, receipt_no=data["receipt_no"]
+                )
+            except CouponNotFound:
+                failure_record(kind="coupon", terminal=terminal, reason="not_found")
+                raise
             return 200, coupon_output(coupon)
 
         return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
-from django.core.cache import cache
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from loyalty.errors import TooManyAttempts
+from loyalty.throttle import failure_record, failures_check
 from members import codes
 from members.errors import InvalidMemberCode, InvalidPhone, MemberCodeExpired, MemberNotFound
 from members.models import Member, Terminal, Tier
@@ -31,28 +29,12 @@ class IdentifiedMember:
         return self.code_step is not None
 
 
-def _failure_key(terminal: Terminal) -> str:
-    return f"identify-failures:{terminal.pk}"
-
-
 def _failures_check(terminal: Terminal) -> None:
-    try:
-        failures = cache.get(_failure_key(terminal), 0)
-    except Exception as exc:  # Redis down: identification keeps working, unthrottled
-        logger.warning("identify throttle unavailable (%s); not throttling", exc)
-        return
-    if failures >= settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
-        raise TooManyAttempts(retry_after=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)
+    failures_check(kind="identify", terminal=terminal)
 
 
 def _failure_record(terminal: Terminal, reason: str) -> None:
-    logger.warning("identify failed: reason=%s terminal=%s store=%s", reason, terminal.pk, terminal.store.code)
-    key = _failure_key(terminal)
-    try:
-        if not cache.add(key, 1, timeout=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS):
-            cache.incr(key)
-    except Exception as exc:  # Redis down: logged above, not counted
-        logger.warning("identify throttle unavailable (%s); failure not counted", exc)
+    failure_record(kind="identify", terminal=terminal, reason=reason)
 
 
 def member_get_by_code(
