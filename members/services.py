@@ -318,6 +318,10 @@ def member_set_tier(
         data={"from": previous.code, "to": tier.code},
         by_user=by_user,
     )
+    if tier.rank > previous.rank and member.status == Member.Status.ACTIVE:
+        from campaigns.services.issuing import tier_privileges_grant  # campaigns depends on members
+
+        tier_privileges_grant(member=member, tier=tier)
     return member
 
 

@@ -201,7 +201,8 @@ WITH spend AS (
     INSERT INTO members_tierchange (member_id, from_tier_id, to_tier_id, reason, note, qualifying_spend, created_at)
     SELECT id, old_tier_id, new_tier_id, reason, %(note)s, spend, now() FROM changed
 )
-SELECT COUNT(*) FILTER (WHERE reason = 'upgrade'), COUNT(*) FILTER (WHERE reason <> 'upgrade') FROM changed
+SELECT COUNT(*) FILTER (WHERE reason = 'upgrade'), COUNT(*) FILTER (WHERE reason <> 'upgrade'),
+       COALESCE(array_agg(id) FILTER (WHERE reason = 'upgrade'), '{}') FROM changed
 """
 
 
@@ -221,12 +222,24 @@ def tiers_evaluate(*, as_of: datetime | None = None, batch_size: int | None = No
         hi = lo + batch_size - 1
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_TIERS_SQL, {"lo": lo, "hi": hi, "since": since, "as_of": as_of, "note": note})
-            up, down = cursor.fetchone()
+            up, down, upgraded_ids = cursor.fetchone()
+            _grant_tier_privileges(upgraded_ids, as_of)
         result.upgraded += up
         result.downgraded += down
         result.batches += 1
     logger.info("tier evaluation as of %s: %s up, %s down", as_of, result.upgraded, result.downgraded)
     return result
+
+
+def _grant_tier_privileges(member_ids: list[int], at: datetime) -> None:
+    """Members upgraded by evaluation get their new tier's privileges (queued, once per period)."""
+    if not member_ids:
+        return
+    from campaigns.services.issuing import tier_privileges_grant
+    from members.models import Member
+
+    for member in Member.objects.filter(pk__in=member_ids).select_related("tier"):
+        tier_privileges_grant(member=member, at=at)
 
 
 # -----------------------------------------------------------------------------
