@@ -272,3 +272,230 @@ class CouponIssueRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.benefit_id}→{self.member_id} ({self.status})"
+
+
+# -----------------------------------------------------------------------------
+# Segments and campaigns
+# -----------------------------------------------------------------------------
+class Segment(TimeStampedModel):
+    """A set of members defined by criteria (all given criteria must hold;
+    an empty criterion does not filter)."""
+
+    name = models.CharField(_("name"), max_length=100)
+    tiers = models.ManyToManyField(Tier, blank=True, related_name="+", verbose_name=_("tiers"))
+    lifecycle_stages = models.JSONField(_("lifecycle stages"), default=list, blank=True)
+    rfm_groups = models.JSONField(_("RFM groups"), default=list, blank=True)
+    stores = models.ManyToManyField(
+        Store, blank=True, related_name="+", verbose_name=_("registration stores")
+    )
+    tags = models.ManyToManyField("members.MemberTag", blank=True, related_name="+", verbose_name=_("tags"))
+    birthday_month = models.PositiveSmallIntegerField(
+        _("birthday month"), null=True, blank=True, help_text=_("1–12; 0 means the current month when used.")
+    )
+    registered_from = models.DateField(_("registered from"), null=True, blank=True)
+    registered_until = models.DateField(_("registered until"), null=True, blank=True)
+    marketing_consent_only = models.BooleanField(_("only members who accept marketing"), default=True)
+
+    class Meta:
+        verbose_name = _("segment")
+        verbose_name_plural = _("segments")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Campaign(TimeStampedModel):
+    class Kind(models.TextChoices):
+        MULTIPLIER = "multiplier", _("Points multiplier")
+        BONUS = "bonus", _("Bonus points on a condition")
+        COUPON_GRANT = "coupon_grant", _("Coupon grant to a segment")
+        BIRTHDAY = "birthday", _("Birthday month")
+        REFERRAL = "referral", _("Referral")
+        REACTIVATION = "reactivation", _("Reactivation of sleeping members")
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", _("Draft")
+        ACTIVE = "active", _("Active")
+        PAUSED = "paused", _("Paused")
+        ENDED = "ended", _("Ended")
+
+    class Condition(models.TextChoices):
+        FIRST_PURCHASE = "first_purchase", _("First purchase")
+        PROFILE_COMPLETED = "profile_completed", _("Profile completed")
+        CHECK_IN_STREAK = "check_in_streak", _("Check-in streak")
+
+    name = models.CharField(_("name"), max_length=100)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    status = models.CharField(_("status"), max_length=8, choices=Status.choices, default=Status.DRAFT)
+    starts_at = models.DateTimeField(_("starts at"))
+    ends_at = models.DateTimeField(_("ends at"), null=True, blank=True)
+    segment = models.ForeignKey(
+        Segment, on_delete=models.PROTECT, null=True, blank=True, related_name="campaigns", verbose_name=_("segment")
+    )
+    stores = models.ManyToManyField(Store, blank=True, related_name="+", verbose_name=_("only at stores"))
+    tiers = models.ManyToManyField(Tier, blank=True, related_name="+", verbose_name=_("only for tiers"))
+    # Multiplier (multiplier, birthday): dates via the window, weekdays, or a monthly member day.
+    multiplier = models.DecimalField(_("multiplier"), max_digits=4, decimal_places=2, default=1)
+    weekdays = models.JSONField(_("weekdays"), default=list, blank=True, help_text=_("1 = Monday … 7 = Sunday."))
+    month_day = models.PositiveSmallIntegerField(_("monthly member day"), null=True, blank=True)
+    stackable = models.BooleanField(_("stackable"), default=False, help_text=_("Multiplies with other multipliers."))
+    # Bonus points.
+    condition = models.CharField(_("condition"), max_length=20, choices=Condition.choices, blank=True)
+    streak_days = models.PositiveSmallIntegerField(_("check-in streak days"), default=7)
+    points = models.PositiveIntegerField(_("points"), default=0, help_text=_("Bonus / referral reward points."))
+    # Coupons (grant, birthday gift, reactivation offer).
+    benefit = models.ForeignKey(
+        Benefit, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name=_("benefit")
+    )
+    # Referral: reward at a number of successful referrals.
+    threshold_count = models.PositiveSmallIntegerField(_("referrals for the threshold reward"), default=0)
+    threshold_points = models.PositiveIntegerField(_("threshold reward points"), default=0)
+    # Reactivation waves: [{"after_days": 0, "benefit": <id or null>, "message": "..."}, ...]
+    waves = models.JSONField(_("waves"), default=list, blank=True)
+    per_member_limit = models.PositiveIntegerField(_("limit per member"), null=True, blank=True)
+    budget_points = models.PositiveIntegerField(_("points budget"), null=True, blank=True)
+    budget_coupons = models.PositiveIntegerField(_("coupons budget"), null=True, blank=True)
+    spent_points = models.PositiveIntegerField(_("points issued"), default=0, editable=False)
+    spent_coupons = models.PositiveIntegerField(_("coupons issued"), default=0, editable=False)
+
+    class Meta:
+        verbose_name = _("campaign")
+        verbose_name_plural = _("campaigns")
+        ordering = ["-starts_at"]
+        constraints = [
+            # The budget is never exceeded: spend is bumped with F() under these checks.
+            models.CheckConstraint(
+                condition=Q(budget_points__isnull=True) | Q(spent_points__lte=F("budget_points")),
+                name="campaign_points_within_budget",
+            ),
+            models.CheckConstraint(
+                condition=Q(budget_coupons__isnull=True) | Q(spent_coupons__lte=F("budget_coupons")),
+                name="campaign_coupons_within_budget",
+            ),
+            models.CheckConstraint(condition=Q(multiplier__gt=0), name="campaign_multiplier_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignGrant(models.Model):
+    """What a campaign gave one member: unique per (campaign, member, reference),
+    so a re-run of a scheduled campaign issues nothing twice."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="grants", verbose_name=_("campaign"))
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="+", verbose_name=_("member"))
+    reference = models.CharField(_("reference"), max_length=100)
+    points = models.PositiveIntegerField(_("points"), default=0)
+    coupon = models.ForeignKey(
+        Coupon, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name=_("coupon")
+    )
+    entry = models.ForeignKey(
+        "points.PointsEntry", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        verbose_name=_("points entry"),
+    )
+    created_at = models.DateTimeField(_("at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("campaign grant")
+        verbose_name_plural = _("campaign grants")
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "member", "reference"], name="campaign_grant_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}→{self.member_id} {self.reference}"
+
+
+# -----------------------------------------------------------------------------
+# Messages and webhooks
+# -----------------------------------------------------------------------------
+class OutboxMessage(models.Model):
+    """A message to a member, sent once through a pluggable channel."""
+
+    class Kind(models.TextChoices):
+        POINTS_EARNED = "points_earned", _("Points earned")
+        EXPIRY_WARNING = "expiry_warning", _("Points expire in 30 days")
+        EXPIRY_LAST_CHANCE = "expiry_last_chance", _("Points expire in 7 days")
+        COUPON_ISSUED = "coupon_issued", _("Coupon issued")
+        COUPON_EXPIRING = "coupon_expiring", _("Coupon about to expire")
+        TIER_CHANGED = "tier_changed", _("Tier changed")
+        CAMPAIGN = "campaign", _("Campaign message")
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
+        SKIPPED = "skipped", _("Skipped")
+
+    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="messages", verbose_name=_("member"))
+    kind = models.CharField(_("kind"), max_length=20, choices=Kind.choices)
+    channel = models.CharField(_("channel"), max_length=16)
+    # Nothing is sent twice: the same event for the same member has one key.
+    dedupe_key = models.CharField(_("de-duplication key"), max_length=150, unique=True)
+    marketing = models.BooleanField(_("marketing"), default=False, help_text=_("Needs the member's consent."))
+    payload = models.JSONField(_("payload"), default=dict)
+    status = models.CharField(_("status"), max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), db_index=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("outbox message")
+        verbose_name_plural = _("outbox messages")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} → {self.member_id} ({self.status})"
+
+
+class WebhookEndpoint(TimeStampedModel):
+    """An ERP/CRM endpoint receiving signed events."""
+
+    name = models.CharField(_("name"), max_length=100)
+    url = models.URLField(_("URL"))
+    secret = models.CharField(_("signing secret"), max_length=128)
+    events = models.JSONField(_("events"), default=list, blank=True, help_text=_("Empty: every event."))
+    is_active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint; ``event_id`` is stable across retries."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        DELIVERED = "delivered", _("Delivered")
+        FAILED = "failed", _("Failed")
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries", verbose_name=_("endpoint")
+    )
+    event_id = models.UUIDField(_("event id"))
+    event = models.CharField(_("event"), max_length=32)
+    payload = models.JSONField(_("payload"))
+    status = models.CharField(_("status"), max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), db_index=True)
+    last_status_code = models.PositiveSmallIntegerField(_("last HTTP status"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["endpoint", "event_id"], name="webhook_delivery_once")]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.event_id} → {self.endpoint_id}"

@@ -105,6 +105,20 @@ class Tier(models.Model):
         return self.name
 
 
+class MemberTag(models.Model):
+    """A label operators and imports put on members, used by segments."""
+
+    name = models.CharField(_("name"), max_length=50, unique=True)
+
+    class Meta:
+        verbose_name = _("member tag")
+        verbose_name_plural = _("member tags")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Member(TimeStampedModel):
     class Gender(models.TextChoices):
         UNKNOWN = "unknown", _("Unknown")
@@ -121,6 +135,23 @@ class Member(TimeStampedModel):
         ACTIVE = "active", _("Active")
         FROZEN = "frozen", _("Frozen")
         CLOSED = "closed", _("Closed")
+
+    class Lifecycle(models.TextChoices):
+        NEW = "new", _("New")
+        ACTIVE = "active", _("Active")
+        SLEEPING = "sleeping", _("Sleeping")
+        CHURNED = "churned", _("Churned")
+
+    class RfmGroup(models.TextChoices):
+        # Recency, frequency, monetary each high (above the median score) or low.
+        IMPORTANT_VALUE = "important_value", _("Important value (R↑ F↑ M↑)")
+        IMPORTANT_DEVELOP = "important_develop", _("Important to develop (R↑ F↓ M↑)")
+        IMPORTANT_RETAIN = "important_retain", _("Important to retain (R↓ F↑ M↑)")
+        IMPORTANT_RECALL = "important_recall", _("Important to win back (R↓ F↓ M↑)")
+        GENERAL_VALUE = "general_value", _("General value (R↑ F↑ M↓)")
+        GENERAL_DEVELOP = "general_develop", _("General to develop (R↑ F↓ M↓)")
+        GENERAL_RETAIN = "general_retain", _("General to retain (R↓ F↑ M↓)")
+        GENERAL_RECALL = "general_recall", _("General to win back (R↓ F↓ M↓)")
 
     member_no = models.CharField(_("member number"), max_length=16, unique=True)
     # E.164; NULL once the member is closed (personal data erased).
@@ -154,6 +185,18 @@ class Member(TimeStampedModel):
     # Per-member secret of the rotating member code (hex); rotated on close.
     code_secret = models.CharField(_("code secret"), max_length=64, editable=False)
     closed_at = models.DateTimeField(_("closed at"), null=True, blank=True)
+    referral_code = models.CharField(_("referral code"), max_length=12, unique=True, null=True, blank=True)
+    tags = models.ManyToManyField(MemberTag, blank=True, related_name="members", verbose_name=_("tags"))
+    # Segmentation, recomputed nightly in SQL (campaigns.services.segments).
+    last_purchase_at = models.DateTimeField(_("last purchase"), null=True, blank=True)
+    lifecycle_stage = models.CharField(
+        _("lifecycle stage"), max_length=8, choices=Lifecycle.choices, default=Lifecycle.NEW
+    )
+    rfm_recency = models.PositiveSmallIntegerField(_("RFM recency score"), default=0)
+    rfm_frequency = models.PositiveSmallIntegerField(_("RFM frequency score"), default=0)
+    rfm_monetary = models.PositiveSmallIntegerField(_("RFM monetary score"), default=0)
+    rfm_group = models.CharField(_("RFM group"), max_length=20, choices=RfmGroup.choices, blank=True)
+    segments_updated_at = models.DateTimeField(_("segments updated at"), null=True, blank=True)
 
     # DRF treats the authenticated principal as request.user.
     is_authenticated = True
@@ -168,7 +211,11 @@ class Member(TimeStampedModel):
                 condition=Q(status="closed") | Q(phone__isnull=False), name="member_phone_required_unless_closed"
             ),
         ]
-        indexes = [models.Index(fields=["status", "tier"], name="member_status_tier_idx")]
+        indexes = [
+            models.Index(fields=["status", "tier"], name="member_status_tier_idx"),
+            models.Index(fields=["lifecycle_stage"], name="member_lifecycle_idx"),
+            models.Index(fields=["rfm_group"], name="member_rfm_group_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.member_no
