@@ -890,3 +890,4 @@ class CouponBatchAdmin(LoyaltyModelAdmin):
                 "batch_url": _admin_url(CouponBatch, "change", report.batch.pk) if report and report.batch else "",
             },
         )
+from campaigns import campaign_admin  # noqa: E402,F401

@@ -28,3 +28,11 @@ def coupons_expire_task() -> int:
 def tier_privileges_monthly_task() -> int:
     with single_instance("campaigns.tier_privileges_monthly") as acquired:
         return issuing.tier_privileges_grant_monthly() if acquired else 0
+
+
+@shared_task(name="campaigns.run_scheduled")
+def campaigns_run_scheduled_task() -> int:
+    from campaigns.services.campaigns import campaigns_run_scheduled
+
+    with single_instance("campaigns.run_scheduled") as acquired:
+        return campaigns_run_scheduled() if acquired else 0

@@ -140,6 +140,9 @@ CELERY_BEAT_SCHEDULE = {
     "coupons-expire": {"task": "campaigns.coupons_expire", "schedule": crontab(hour=0, minute=20)},
     # Every minute: issue queued coupons and retry failed attempts (backoff within 15 minutes).
     "coupons-issue-sweep": {"task": "campaigns.coupon_issue_sweep", "schedule": 60.0},
+    # 09:00 local: scheduled campaigns (segment coupon grants, birthday gifts on
+    # the month's first run, reactivation waves); each grant is given once.
+    "campaigns-run": {"task": "campaigns.run_scheduled", "schedule": crontab(hour=9, minute=0)},
     # 1st of the month, 02:00 local: tier privileges for the new month.
     "tier-privileges-monthly": {
         "task": "campaigns.tier_privileges_monthly",

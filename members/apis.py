@@ -9,6 +9,7 @@ import segno
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -22,6 +23,7 @@ from members import selectors, services
 from members.errors import MemberNotFound, WechatSessionInvalid
 from members.models import Member, Terminal, Tier
 from members.wechat import get_adapter
+from points.models import CheckIn
 
 WECHAT_SESSION_SALT = "loyalty.wechat-session"
 
@@ -152,6 +154,9 @@ class MemberEnrolApi(APIView):
         birthday = serializers.DateField(required=False, allow_null=True, default=None)
         gender = serializers.ChoiceField(choices=Member.Gender.choices, required=False, default=Member.Gender.UNKNOWN)
         marketing_consent = serializers.BooleanField(required=False, default=False)
+        referral_code = serializers.CharField(
+            max_length=12, required=False, allow_blank=True, default="", help_text="Referrer's code, for new members."
+        )
 
         def validate_birthday(self, value: Any) -> Any:
             return _birthday_check(value)
@@ -170,8 +175,9 @@ class MemberEnrolApi(APIView):
         data = _valid(self.InputSerializer, request)
         terminal: Terminal = request.user
         with transaction.atomic(durable=True):
+            referrer = services.referrer_for_code(data.pop("referral_code"))
             member, created = services.member_enrol(
-                **data, store=terminal.store, channel=Member.Channel.STORE, by_terminal=terminal
+                **data, referrer=referrer, store=terminal.store, channel=Member.Channel.STORE, by_terminal=terminal
             )
         output = TerminalMemberOutputSerializer(terminal_member_output(member, terminal, "phone")).data
         return Response(output, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
@@ -239,6 +245,9 @@ class MemberRegisterApi(APIView):
         birthday = serializers.DateField(required=False, allow_null=True, default=None)
         gender = serializers.ChoiceField(choices=Member.Gender.choices, required=False, default=Member.Gender.UNKNOWN)
         marketing_consent = serializers.BooleanField(required=False, default=False)
+        referral_code = serializers.CharField(
+            max_length=12, required=False, allow_blank=True, default="", help_text="Referrer's code, for new members."
+        )
 
         def validate_birthday(self, value: Any) -> Any:
             return _birthday_check(value)
@@ -261,7 +270,10 @@ class MemberRegisterApi(APIView):
             raise WechatSessionInvalid() from None
         openid = session["openid"]
         with transaction.atomic(durable=True):
-            member, created = services.member_enrol(**data, channel=Member.Channel.MINI_PROGRAM, wechat_openid=None)
+            referrer = services.referrer_for_code(data.pop("referral_code"))
+            member, created = services.member_enrol(
+                **data, referrer=referrer, channel=Member.Channel.MINI_PROGRAM, wechat_openid=None
+            )
             member = services.member_bind_wechat(member=member, openid=openid)
             return _token_response(member, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -289,6 +301,8 @@ class MeOutputSerializer(serializers.Serializer):
     tier_since = serializers.DateTimeField()
     tier_progress = TierProgressSerializer()
     points = PointsSummarySerializer()
+    referral_code = serializers.CharField(help_text="Give it to friends: they enter it when they register.")
+    checked_in_today = serializers.BooleanField()
 
 
 class MeApi(APIView):
@@ -319,6 +333,8 @@ class MeApi(APIView):
                     "status": member.status,
                     "registered_at": member.created_at,
                     "marketing_consent": member.marketing_consent,
+                    "referral_code": services.member_referral_code(member=member),
+                    "checked_in_today": CheckIn.objects.filter(member=member, day=timezone.localdate()).exists(),
                     "tier": tier_output(member),
                     "tier_since": member.tier_since,
                     "tier_progress": progress,

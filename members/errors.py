@@ -96,3 +96,8 @@ class ReasonRequired(InvalidInput):
 class TerminalRevoked(Conflict):
     code = "terminal_revoked"
     message = _("This terminal is revoked; create a new terminal instead.")
+
+
+class InvalidReferralCode(InvalidInput):
+    code = "invalid_referral_code"
+    message = _("This referral code is not valid.")

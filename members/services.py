@@ -81,6 +81,43 @@ def code_secret_new() -> str:
     return secrets.token_hex(20)
 
 
+# Referral codes: short, unambiguous, case-insensitive.
+REFERRAL_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+
+
+def referral_code_new() -> str:
+    return "".join(secrets.choice(REFERRAL_ALPHABET) for _ in range(8))
+
+
+def referrer_for_code(code: str | None) -> Member | None:
+    """The active member whose referral code this is. Raises ``InvalidReferralCode``."""
+    from members.errors import InvalidReferralCode
+
+    code = (code or "").strip().upper()
+    if not code:
+        return None
+    referrer = Member.objects.filter(referral_code=code, status=Member.Status.ACTIVE).first()
+    if referrer is None:
+        raise InvalidReferralCode()
+    return referrer
+
+
+@transaction.atomic
+def member_referral_code(*, member: Member) -> str:
+    """The member's referral code, created on first use."""
+    if member.referral_code:
+        return member.referral_code
+    for _ in range(5):
+        code = referral_code_new()
+        if Member.objects.filter(pk=member.pk, referral_code__isnull=True).update(referral_code=code):
+            member.referral_code = code
+            return code
+        member.refresh_from_db(fields=["referral_code"])
+        if member.referral_code:
+            return member.referral_code
+    raise RuntimeError("could not allocate a referral code")
+
+
 def tier_entry() -> Tier:
     return Tier.objects.filter(is_active=True).order_by("rank").first() or Tier.objects.order_by("rank").first()
 
@@ -195,6 +232,7 @@ def _member_insert(*, by_terminal: Terminal | None, by_user: AbstractBaseUser | 
         tier=tier,
         tier_since=now,
         code_secret=code_secret_new(),
+        referral_code=referral_code_new(),
         **fields,
     )
     TierChange.objects.create(member=member, from_tier=None, to_tier=tier, reason=TierChange.Reason.ENROLMENT)

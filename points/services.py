@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
+from campaigns.services.campaigns import campaigns_after_check_in, campaigns_after_purchase, purchase_boost
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember, tier_for_spend
@@ -88,12 +89,10 @@ def points_max_for_bill(amount: Decimal) -> int:
 
 
 def campaign_multiplier(*, member: Member, store: Store, at: datetime) -> Decimal:
-    """Campaign multiplier for a purchase (1 until campaigns exist)."""
-    try:
-        from campaigns.services.campaigns import campaign_multiplier_for  # type: ignore[import-not-found]
-    except ImportError:
-        return Decimal("1")
-    return campaign_multiplier_for(member=member, store=store, at=at)  # pragma: no cover
+    """Campaign multiplier a purchase would get now (previews; no budget reserved)."""
+    from campaigns.services.campaigns import campaign_multiplier_for
+
+    return campaign_multiplier_for(member=member, store=store, at=at)
 
 
 def points_for_amount(*, amount: Decimal, tier: Tier, multiplier: Decimal) -> int:
@@ -371,7 +370,11 @@ def purchase_record(
     now = now or timezone.now()
     paid_at = paid_at or now
     _paid_at_check(paid_at, now)
-    coupon_codes = list(dict.fromkeys(code for code in (coupon_codes or []) if code))
+    # Normalised before de-duplicating: a code typed in lower case and the
+    # same code scanned are one coupon, written off once.
+    from campaigns.services.coupons import coupon_code_normalise
+
+    coupon_codes = list(dict.fromkeys(filter(None, (coupon_code_normalise(code) for code in coupon_codes or []))))
     if Purchase.objects.filter(store=store, receipt_no=receipt_no).exists():
         raise DuplicateReceipt(receipt_no=receipt_no)
     member = identified.member if identified else None
@@ -404,8 +407,10 @@ def purchase_record(
     coupons = _coupons_write_off(
         coupon_codes, store=store, terminal=terminal, purchase=purchase, member=member, amount=amount, at=now
     )
-    multiplier = campaign_multiplier(member=member, store=store, at=paid_at)
-    earned = points_for_amount(amount=amount - cash, tier=tier, multiplier=multiplier)
+    boost = purchase_boost(
+        member=member, store=store, tier=tier, base_amount=amount - cash, at=paid_at, reference=f"purchase:{purchase.pk}"
+    )
+    multiplier, earned = boost.multiplier, boost.earned
     pending = 0
     if earned > 0:
         pending_until = paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
@@ -418,6 +423,8 @@ def purchase_record(
     purchase.multiplier = multiplier
     _save(account)
     new_tier = tier_upgrade_if_qualified(member=member, at=paid_at)
+    if campaigns_after_purchase(purchase=purchase, at=paid_at):
+        account.refresh_from_db()  # a first-purchase bonus was credited
     return PurchaseResult(
         purchase,
         balance=account.balance,
@@ -584,8 +591,10 @@ def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetim
     if net <= 0:
         raise ClaimNotAllowed(reason=gettext("it was fully refunded"), detail={"reason": "refunded"})
     tier = member.tier
-    multiplier = campaign_multiplier(member=member, store=store, at=purchase.paid_at)
-    earned = points_for_amount(amount=net, tier=tier, multiplier=multiplier)
+    boost = purchase_boost(
+        member=member, store=store, tier=tier, base_amount=net, at=purchase.paid_at, reference=f"purchase:{purchase.pk}"
+    )
+    multiplier, earned = boost.multiplier, boost.earned
     purchase.member, purchase.tier, purchase.claimed_at = member, tier, at
     purchase.points_earned, purchase.multiplier = earned, multiplier
     purchase.claim_refund_offset = purchase.refunded_amount
@@ -648,6 +657,7 @@ def member_check_in(*, member: Member, at: datetime | None = None) -> PointsEntr
         raise AlreadyCheckedIn() from None
     entry, _ = _credit(account, kind=Kind.BONUS, points=points, at=at, refs=Refs(source=Source.CHECK_IN))
     _save(account)
+    campaigns_after_check_in(member=member, at=at)
     return entry
 
 

@@ -92,10 +92,15 @@ def test_earn_is_floor_of_amount_times_tier_multiplier(store, terminal, member, 
     assert ledger_check().ok
 
 
-def test_earn_applies_base_rate_and_campaign_multiplier(store, terminal, member, settings, monkeypatch):
-    # given a gold member, base rate 2 points per ¥1 and a double-points campaign
+def test_earn_applies_base_rate_and_campaign_multiplier(store, terminal, member, settings):
+    # given a gold member, base rate 2 points per ¥1 and a x1.5 points campaign
+    from campaigns.models import Campaign
+
     settings.LOYALTY_POINTS_BASE_RATE = Decimal("2")
-    monkeypatch.setattr("points.services.campaign_multiplier", lambda **kwargs: Decimal("1.5"))
+    Campaign.objects.create(
+        name="x1.5", kind=Campaign.Kind.MULTIPLIER, status=Campaign.Status.ACTIVE,
+        starts_at=T - timedelta(days=1), multiplier=Decimal("1.5"),
+    )
     member_in_tier(member, "gold", since=T - timedelta(days=1))
     # when
     result = buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="33.33", at=T)

@@ -1,0 +1,496 @@
+"""Campaigns: multipliers at the till, bonuses, coupon grants, birthdays,
+referrals and reactivation waves.
+
+Every effect goes through the ledger and coupon services and is recorded as a
+``CampaignGrant`` unique per (campaign, member, reference): a re-run of a
+scheduled campaign issues nothing twice. Budgets are reserved with a
+conditional ``F()`` update under a CHECK constraint, so they are never
+exceeded, even by concurrent tills.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from campaigns.models import Campaign, CampaignGrant, Coupon
+from loyalty.errors import LoyaltyError
+from members.models import Member, Store, Tier
+
+logger = logging.getLogger(__name__)
+ONE = Decimal("1")
+
+
+# -----------------------------------------------------------------------------
+# Which campaigns apply
+# -----------------------------------------------------------------------------
+def campaigns_running(*, kinds: list[str], at: datetime) -> QuerySet[Campaign]:
+    return (
+        Campaign.objects.filter(kind__in=kinds, status=Campaign.Status.ACTIVE, starts_at__lte=at)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
+        .prefetch_related("stores", "tiers")
+        .select_related("segment", "benefit")
+        .order_by("pk")
+    )
+
+
+def _in_segment(campaign: Campaign, member: Member, at: datetime) -> bool:
+    if campaign.segment_id is None:
+        return True
+    from campaigns.services.segments import segment_members
+
+    return segment_members(campaign.segment, at=at).filter(pk=member.pk).exists()
+
+
+def _targets(campaign: Campaign, *, member: Member, store: Store | None, at: datetime) -> bool:
+    stores = [s.pk for s in campaign.stores.all()]
+    if stores and (store is None or store.pk not in stores):
+        return False
+    tiers = [t.pk for t in campaign.tiers.all()]
+    if tiers and member.tier_id not in tiers:
+        return False
+    return _in_segment(campaign, member, at)
+
+
+def _day_matches(campaign: Campaign, *, member: Member, at: datetime) -> bool:
+    local = timezone.localtime(at)
+    if campaign.kind == Campaign.Kind.BIRTHDAY:
+        return member.birthday is not None and member.birthday.month == local.month
+    if campaign.weekdays and local.isoweekday() not in campaign.weekdays:
+        return False
+    return not (campaign.month_day and local.day != campaign.month_day)
+
+
+def multipliers_for(*, member: Member, store: Store | None, at: datetime) -> list[Campaign]:
+    """Multiplier and birthday campaigns that apply to this purchase."""
+    return [
+        campaign
+        for campaign in campaigns_running(kinds=[Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY], at=at)
+        if campaign.multiplier > ONE
+        and _day_matches(campaign, member=member, at=at)
+        and _targets(campaign, member=member, store=store, at=at)
+    ]
+
+
+def combined_multiplier(campaigns: list[Campaign]) -> Decimal:
+    """The largest non-stackable multiplier, times every stackable one."""
+    best = max((c.multiplier for c in campaigns if not c.stackable), default=ONE)
+    result = best
+    for campaign in campaigns:
+        if campaign.stackable:
+            result *= campaign.multiplier
+    return result
+
+
+def _effective(campaigns: list[Campaign]) -> list[Campaign]:
+    """The campaigns that actually count: the best non-stackable one and every stackable one."""
+    plain = [c for c in campaigns if not c.stackable]
+    best = max(plain, key=lambda c: (c.multiplier, -c.pk), default=None)
+    return [c for c in campaigns if c.stackable or c is best]
+
+
+def campaign_multiplier_for(*, member: Member, store: Store | None, at: datetime) -> Decimal:
+    """Multiplier a purchase would get now, without reserving budget (previews)."""
+    return combined_multiplier(_effective(multipliers_for(member=member, store=store, at=at)))
+
+
+# -----------------------------------------------------------------------------
+# Budget and grants
+# -----------------------------------------------------------------------------
+def _reserve(campaign: Campaign, *, points: int = 0, coupons: int = 0) -> bool:
+    """Take budget with a conditional update: False when it would be exceeded."""
+    condition = Q()
+    if points:
+        condition &= Q(budget_points__isnull=True) | Q(spent_points__lte=F("budget_points") - points)
+    if coupons:
+        condition &= Q(budget_coupons__isnull=True) | Q(spent_coupons__lte=F("budget_coupons") - coupons)
+    return bool(
+        Campaign.objects.filter(condition, pk=campaign.pk).update(
+            spent_points=F("spent_points") + points, spent_coupons=F("spent_coupons") + coupons
+        )
+    )
+
+
+def _limit_reached(campaign: Campaign, member: Member) -> bool:
+    if campaign.per_member_limit is None:
+        return False
+    return CampaignGrant.objects.filter(campaign=campaign, member=member).count() >= campaign.per_member_limit
+
+
+def _grant_row(campaign: Campaign, member: Member, reference: str, **fields: Any) -> CampaignGrant | None:
+    try:
+        with transaction.atomic():
+            return CampaignGrant.objects.create(campaign=campaign, member=member, reference=reference, **fields)
+    except IntegrityError:
+        return None
+
+
+@dataclass
+class Boost:
+    multiplier: Decimal = ONE
+    earned: int = 0
+    campaigns: list[int] = field(default_factory=list)
+
+
+def purchase_boost(
+    *, member: Member, store: Store | None, tier: Tier, base_amount: Decimal, at: datetime, reference: str
+) -> Boost:
+    """Points a purchase earns with the campaigns running, reserving their budget
+    for the extra points; a campaign whose budget or per-member limit would be
+    exceeded is left out. Records a grant per campaign applied."""
+    from points.services import points_for_amount
+
+    candidates = [c for c in multipliers_for(member=member, store=store, at=at) if not _limit_reached(c, member)]
+    base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
+    while True:
+        effective = _effective(candidates)
+        multiplier = combined_multiplier(effective)
+        earned = points_for_amount(amount=base_amount, tier=tier, multiplier=multiplier)
+        shares = _extra_shares(effective, earned - base)
+        failed = None
+        with transaction.atomic():
+            for campaign in effective:
+                if not _reserve(campaign, points=shares[campaign.pk]):
+                    failed = campaign
+                    transaction.set_rollback(True)
+                    break
+        if failed is None:
+            break
+        candidates = [c for c in candidates if c.pk != failed.pk]
+    for campaign in effective:
+        _grant_row(campaign, member, reference, points=shares[campaign.pk])
+    return Boost(multiplier=multiplier, earned=earned, campaigns=[c.pk for c in effective])
+
+
+def _extra_shares(campaigns: list[Campaign], extra: int) -> dict[int, int]:
+    """Split the extra points over the campaigns by their multiplier's excess over 1."""
+    if not campaigns or extra <= 0:
+        return {c.pk: 0 for c in campaigns}
+    weights = {c.pk: c.multiplier - ONE for c in campaigns}
+    total = sum(weights.values())
+    shares = {pk: int(extra * weight / total) for pk, weight in weights.items()}
+    first = campaigns[0].pk
+    shares[first] += extra - sum(shares.values())
+    return shares
+
+
+def _credit(campaign: Campaign, member: Member, points: int, reference: str, at: datetime) -> CampaignGrant | None:
+    """Give bonus points once per reference, within budget and per-member limit."""
+    from points.models import PointsEntry
+    from points.services import Refs, points_credit
+
+    if points <= 0 or _limit_reached(campaign, member):
+        return None
+    with transaction.atomic():
+        grant = _grant_row(campaign, member, reference, points=points)
+        if grant is None:
+            return None
+        if not _reserve(campaign, points=points):
+            transaction.set_rollback(True)
+            return None
+        try:
+            entry = points_credit(
+                member=member,
+                points=points,
+                kind=PointsEntry.Kind.BONUS,
+                refs=Refs(source=PointsEntry.Source.CAMPAIGN, reason=campaign.name, reference=f"campaign:{campaign.pk}"),
+                at=at,
+            )
+        except LoyaltyError as exc:  # frozen/closed member: no bonus, nothing reserved
+            logger.info("campaign %s: no bonus for member %s (%s)", campaign.pk, member.pk, exc.code)
+            transaction.set_rollback(True)
+            return None
+        CampaignGrant.objects.filter(pk=grant.pk).update(entry=entry)
+    return grant
+
+
+def _coupon(campaign: Campaign, member: Member, reference: str, at: datetime, benefit: Any = None) -> CampaignGrant | None:
+    """Give one coupon once per reference, within the coupon budget and limits."""
+    from campaigns.services.coupons import coupon_issue
+
+    benefit = benefit or campaign.benefit
+    if benefit is None or _limit_reached(campaign, member):
+        return None
+    with transaction.atomic():
+        grant = _grant_row(campaign, member, reference)
+        if grant is None:
+            return None
+        if not _reserve(campaign, coupons=1):
+            transaction.set_rollback(True)
+            return None
+        try:
+            coupon = coupon_issue(
+                benefit=benefit,
+                member=member,
+                source=Coupon.Source.CAMPAIGN,
+                reference=f"campaign:{campaign.pk}:{reference}",
+                reason=campaign.name,
+                at=at,
+            )
+        except LoyaltyError as exc:
+            logger.info("campaign %s: no coupon for member %s (%s)", campaign.pk, member.pk, exc.code)
+            transaction.set_rollback(True)
+            return None
+        CampaignGrant.objects.filter(pk=grant.pk).update(coupon=coupon)
+    return grant
+
+
+# -----------------------------------------------------------------------------
+# Event hooks (called by the points services inside their transaction)
+# -----------------------------------------------------------------------------
+def campaigns_after_purchase(*, purchase: Any, at: datetime) -> int:
+    """First-purchase bonuses and referral rewards. Returns bonus points given."""
+    from points.models import Purchase
+
+    member = purchase.member
+    if member is None:
+        return 0
+    given = 0
+    first = not Purchase.objects.filter(member=member).exclude(pk=purchase.pk).exists()
+    if not first:
+        return 0
+    for campaign in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at):
+        if campaign.condition == Campaign.Condition.FIRST_PURCHASE and _targets(
+            campaign, member=member, store=purchase.store, at=at
+        ):
+            grant = _credit(campaign, member, campaign.points, "first_purchase", at)
+            given += grant.points if grant else 0
+    if member.referrer_id:
+        referral_reward(referee=member, at=at)
+    return given
+
+
+def campaigns_after_check_in(*, member: Member, at: datetime) -> int:
+    """Check-in streak bonuses: once per streak of ``streak_days`` consecutive days."""
+    from points.models import CheckIn
+
+    given = 0
+    today = timezone.localtime(at).date()
+    for campaign in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at):
+        if campaign.condition != Campaign.Condition.CHECK_IN_STREAK or not _targets(
+            campaign, member=member, store=None, at=at
+        ):
+            continue
+        days = campaign.streak_days
+        window = set(
+            CheckIn.objects.filter(member=member, day__gt=today - timedelta(days=days), day__lte=today).values_list(
+                "day", flat=True
+            )
+        )
+        if len(window) == days:
+            grant = _credit(campaign, member, campaign.points, f"streak:{today.isoformat()}", at)
+            given += grant.points if grant else 0
+    return given
+
+
+def referral_reward(*, referee: Member, at: datetime) -> None:
+    """The referrer of a member making their first purchase gets the referral
+    reward (once per referee), and the threshold reward once at N referrals."""
+    referrer = referee.referrer
+    if referrer is None or referrer.pk == referee.pk or referrer.status != Member.Status.ACTIVE:
+        return
+    for campaign in campaigns_running(kinds=[Campaign.Kind.REFERRAL], at=at):
+        if not _targets(campaign, member=referrer, store=None, at=at):
+            continue
+        _credit(campaign, referrer, campaign.points, f"referee:{referee.pk}", at)
+        if campaign.threshold_count and campaign.threshold_points:
+            done = CampaignGrant.objects.filter(
+                campaign=campaign, member=referrer, reference__startswith="referee:"
+            ).count()
+            if done >= campaign.threshold_count:
+                _credit(campaign, referrer, campaign.threshold_points, f"threshold:{campaign.threshold_count}", at)
+
+
+# -----------------------------------------------------------------------------
+# Scheduled runs
+# -----------------------------------------------------------------------------
+def _segment_or_all(campaign: Campaign, at: datetime) -> QuerySet[Member]:
+    if campaign.segment_id is not None:
+        from campaigns.services.segments import segment_members
+
+        members = segment_members(campaign.segment, at=at)
+    else:
+        members = Member.objects.filter(status=Member.Status.ACTIVE)
+    tiers = [t.pk for t in campaign.tiers.all()]
+    if tiers:
+        members = members.filter(tier_id__in=tiers)
+    return members.select_related("tier")
+
+
+def campaign_run(*, campaign: Campaign, at: datetime | None = None) -> int:
+    """Run a scheduled campaign (coupon grant, birthday gifts, reactivation waves)
+    once for today; safe to re-run. Returns grants made."""
+    at = at or timezone.now()
+    if campaign.status != Campaign.Status.ACTIVE or campaign.starts_at > at or (campaign.ends_at and campaign.ends_at <= at):
+        return 0
+    made = 0
+    local = timezone.localtime(at)
+    if campaign.kind == Campaign.Kind.COUPON_GRANT:
+        for member in _segment_or_all(campaign, at).iterator(chunk_size=500):
+            made += _coupon(campaign, member, "grant", at) is not None
+    elif campaign.kind == Campaign.Kind.BIRTHDAY and campaign.benefit_id:
+        members = _segment_or_all(campaign, at).filter(birthday__month=local.month)
+        for member in members.iterator(chunk_size=500):
+            made += _coupon(campaign, member, f"birthday:{local.year}", at) is not None
+    elif campaign.kind == Campaign.Kind.REACTIVATION:
+        made += _reactivation_waves(campaign, at)
+    return made
+
+
+def _reactivation_waves(campaign: Campaign, at: datetime) -> int:
+    """Sleeping members enter at wave 0; wave k follows ``after_days`` later,
+    unless the member bought since entering."""
+    made = 0
+    waves = sorted(campaign.waves or [], key=lambda wave: int(wave.get("after_days", 0)))
+    if not waves:
+        return 0
+    sleeping = _segment_or_all(campaign, at).filter(lifecycle_stage=Member.Lifecycle.SLEEPING)
+    for member in sleeping.iterator(chunk_size=500):
+        made += _wave(campaign, member, 0, waves[0], at)
+    entries = CampaignGrant.objects.filter(campaign=campaign, reference="wave:0").select_related("member")
+    for entry in entries.iterator(chunk_size=500):
+        member = entry.member
+        if member.last_purchase_at and member.last_purchase_at > entry.created_at:
+            continue  # bought since: the waves stop
+        for index, wave in enumerate(waves[1:], start=1):
+            if entry.created_at + timedelta(days=int(wave.get("after_days", 0))) <= at:
+                made += _wave(campaign, member, index, wave, at)
+    return made
+
+
+def _wave(campaign: Campaign, member: Member, index: int, wave: dict[str, Any], at: datetime) -> int:
+    from campaigns.models import Benefit
+
+    reference = f"wave:{index}"
+    benefit = Benefit.objects.filter(pk=wave.get("benefit")).first() if wave.get("benefit") else None
+    if benefit is not None:
+        grant = _coupon(campaign, member, reference, at, benefit=benefit)
+    else:
+        grant = _grant_row(campaign, member, reference)
+    if grant is None:
+        return 0
+    if wave.get("message"):
+        try:
+            from campaigns.services.notifications import message_enqueue
+        except ImportError:  # messaging not installed in this build
+            return 1
+        message_enqueue(
+            member=member,
+            kind="campaign",
+            payload={"campaign": campaign.name, "text": wave["message"], "wave": index},
+            dedupe_key=f"campaign:{campaign.pk}:{member.pk}:{reference}",
+            marketing=True,
+        )
+    return 1
+
+
+def campaigns_run_scheduled(*, at: datetime | None = None) -> int:
+    at = at or timezone.now()
+    total = 0
+    kinds = [Campaign.Kind.COUPON_GRANT, Campaign.Kind.BIRTHDAY, Campaign.Kind.REACTIVATION]
+    for campaign in campaigns_running(kinds=kinds, at=at):
+        total += campaign_run(campaign=campaign, at=at)
+    return total
+
+
+# -----------------------------------------------------------------------------
+# Results and dry run
+# -----------------------------------------------------------------------------
+def campaign_results(*, campaign: Campaign) -> dict[str, Any]:
+    from django.db.models import Count, Sum
+
+    from points.models import Purchase
+
+    grants = CampaignGrant.objects.filter(campaign=campaign)
+    totals = grants.aggregate(members=Count("member", distinct=True), points=Sum("points"))
+    coupons = Coupon.objects.filter(pk__in=grants.exclude(coupon=None).values("coupon"))
+    reached = grants.values("member")
+    sales = Purchase.objects.filter(member__in=reached, paid_at__gte=campaign.starts_at).aggregate(
+        total=Sum(F("amount") - F("refunded_amount"))
+    )["total"]
+    return {
+        "members_reached": totals["members"] or 0,
+        "points_issued": totals["points"] or 0,
+        "coupons_issued": coupons.count(),
+        "coupons_written_off": coupons.filter(status=Coupon.Status.WRITTEN_OFF).count(),
+        "sales_of_reached_members": (sales or Decimal("0")).quantize(Decimal("0.01")),
+    }
+
+
+@dataclass
+class Forecast:
+    purchases: int = 0
+    members: int = 0
+    points: int = 0
+    coupons: int = 0
+
+
+def campaign_dry_run(*, campaign: Campaign, weeks: int = 4, now: datetime | None = None) -> Forecast:
+    """Replay the last ``weeks`` of purchases through ``campaign`` as if it had
+    been active, with its budget and per-member limit, without writing anything."""
+    from points.models import Purchase
+    from points.services import points_for_amount
+
+    now = now or timezone.now()
+    since = now - timedelta(weeks=weeks)
+    forecast = Forecast()
+    reached: set[int] = set()
+    per_member: dict[int, int] = {}
+    budget_points = campaign.budget_points
+    if campaign.kind in (Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY, Campaign.Kind.BONUS):
+        purchases = (
+            Purchase.objects.filter(paid_at__gte=since, paid_at__lt=now, member__isnull=False)
+            .select_related("member", "tier", "store")
+            .order_by("paid_at", "pk")
+        )
+        seen_before = set(
+            Purchase.objects.filter(paid_at__lt=since, member__isnull=False).values_list("member_id", flat=True)
+        )
+        for purchase in purchases.iterator(chunk_size=1000):
+            member = purchase.member
+            if campaign.per_member_limit is not None and per_member.get(member.pk, 0) >= campaign.per_member_limit:
+                continue
+            if not _targets(campaign, member=member, store=purchase.store, at=purchase.paid_at):
+                continue
+            extra = 0
+            if campaign.kind == Campaign.Kind.BONUS:
+                if campaign.condition != Campaign.Condition.FIRST_PURCHASE or member.pk in seen_before:
+                    seen_before.add(member.pk)
+                    continue
+                seen_before.add(member.pk)
+                extra = campaign.points
+            else:
+                if not _day_matches(campaign, member=member, at=purchase.paid_at):
+                    continue
+                base_amount = purchase.amount - purchase.cash_paid_by_points
+                tier = purchase.tier or member.tier
+                base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
+                extra = points_for_amount(amount=base_amount, tier=tier, multiplier=campaign.multiplier) - base
+            if budget_points is not None:
+                if forecast.points + extra > budget_points:
+                    continue
+            forecast.purchases += 1
+            forecast.points += extra
+            per_member[member.pk] = per_member.get(member.pk, 0) + 1
+            reached.add(member.pk)
+    else:
+        members = _segment_or_all(campaign, now)
+        if campaign.kind == Campaign.Kind.BIRTHDAY:
+            members = members.filter(birthday__month=timezone.localtime(now).month)
+        if campaign.kind == Campaign.Kind.REACTIVATION:
+            members = members.filter(lifecycle_stage=Member.Lifecycle.SLEEPING)
+        count = members.count()
+        if campaign.budget_coupons is not None:
+            count = min(count, campaign.budget_coupons - campaign.spent_coupons)
+        forecast.members = count
+        forecast.coupons = count if campaign.benefit_id or campaign.kind == Campaign.Kind.REACTIVATION else 0
+        return forecast
+    forecast.members = len(reached)
+    return forecast
