@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "members",
     "points",
     "campaigns",
+    "reports",
 ]
 
 MIDDLEWARE = [

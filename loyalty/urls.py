@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("members.urls")),
     path("", include("points.urls")),
     path("", include("campaigns.urls")),
+    path("", include("reports.urls")),
 ]
 
 urlpatterns = [
@@ -16,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("console/", include("members.console_urls")),
     path("m/", include("members.member_page_urls")),
+    path("reports/", include("reports.page_urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -1,0 +1,3 @@
+"""Report pages (under /reports/)."""
+
+urlpatterns: list = []
