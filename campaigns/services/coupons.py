@@ -250,7 +250,11 @@ def coupon_write_off(
     head = Coupon.objects.filter(code=normalised).only("id", "member_id").first()
     if head is None:
         raise CouponNotFound(detail={"code": normalised})
-    if head.member_id is not None and (member is None or member.pk != head.member_id):
+    if head.member_id is not None and member is not None and member.pk != head.member_id:
+        # Refused before any lock: the caller holds its own member's account,
+        # and locking the owner's too could deadlock two tills swapping coupons.
+        raise CouponNotMembers()
+    if head.member_id is not None and member is None:
         owner = Member.objects.get(pk=head.member_id)
         account_lock(owner)  # lock order: account before coupon
     coupon = (

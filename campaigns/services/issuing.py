@@ -49,12 +49,13 @@ def _process_soon(request_id: int) -> None:
 
 def coupon_issue_process(*, request_id: int, now: datetime | None = None) -> str:
     """Try to issue one queued coupon. Returns its new status."""
+    from campaigns.locks import issue_request_qs_for_update
     from campaigns.services.coupons import coupon_issue
 
     now = now or timezone.now()
     with transaction.atomic():
         request = (
-            CouponIssueRequest.objects.select_for_update(skip_locked=True)
+            issue_request_qs_for_update(skip_locked=True)
             .filter(pk=request_id, status=CouponIssueRequest.Status.PENDING, next_attempt_at__lte=now)
             .select_related("benefit", "member")
             .first()
