@@ -21,6 +21,32 @@ def _clear_cache() -> None:
         client.delete(*keys)
 
 
+def restore_migration_data() -> None:
+    """Put back what data migrations create (default tiers, role groups):
+    transactional tests end with a flush that empties every table."""
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group, Permission
+
+    from loyalty.roles import roles_sync
+
+    importlib.import_module("members.migrations.0002_defaults").create_tiers(apps, None)
+    roles_sync(Group, Permission)
+
+
+@pytest.fixture(autouse=True)
+def _restore_after_flush(request: pytest.FixtureRequest) -> Any:
+    """Autouse, so set up first and torn down last: after the flush."""
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if marker is not None and marker.kwargs.get("transaction"):
+        from django.db import connection
+
+        restore_migration_data()
+        connection.close()
+
+
 @pytest.fixture
 def store(db: Any):
     from members.services import store_get_or_create
