@@ -890,4 +890,5 @@ class CouponBatchAdmin(LoyaltyModelAdmin):
                 "batch_url": _admin_url(CouponBatch, "change", report.batch.pk) if report and report.batch else "",
             },
         )
-from campaigns import campaign_admin  # noqa: E402,F401
+# The other admin modules of this app register themselves on import.
+from campaigns import campaign_admin, messaging_admin, segment_admin  # noqa: E402,F401,I001

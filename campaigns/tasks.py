@@ -36,3 +36,7 @@ def campaigns_run_scheduled_task() -> int:
 
     with single_instance("campaigns.run_scheduled") as acquired:
         return campaigns_run_scheduled() if acquired else 0
+
+
+from campaigns.tasks_segments import compute_segments_task  # noqa: E402,F401
+from campaigns.tasks_messaging import *  # noqa: E402,F401,F403

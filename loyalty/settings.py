@@ -269,6 +269,62 @@ LOYALTY_TIER_QUALIFICATION_MONTHS = env.int("LOYALTY_TIER_QUALIFICATION_MONTHS",
 # Members per transaction of the tier evaluation job.
 LOYALTY_TIER_BATCH_SIZE = env.int("LOYALTY_TIER_BATCH_SIZE", default=20000)
 
+# --- Segments (campaigns.services.segments) ----------------------------------
+# Lifecycle stages in local calendar days: new while registered at most NEW_DAYS
+# ago; sleeping once the last purchase is SLEEPING_DAYS old; churned at CHURNED_DAYS.
+LOYALTY_LIFECYCLE_NEW_DAYS = env.int("LOYALTY_LIFECYCLE_NEW_DAYS", default=30)
+LOYALTY_LIFECYCLE_SLEEPING_DAYS = env.int("LOYALTY_LIFECYCLE_SLEEPING_DAYS", default=90)
+LOYALTY_LIFECYCLE_CHURNED_DAYS = env.int("LOYALTY_LIFECYCLE_CHURNED_DAYS", default=180)
+# RFM scores are quintiles over the net purchases of this many months.
+LOYALTY_RFM_MONTHS = env.int("LOYALTY_RFM_MONTHS", default=12)
+# 00:40 local: lifecycle stages, RFM scores and groups (after the expiry jobs of 00:10 and 00:20).
+CELERY_BEAT_SCHEDULE["segments-compute"] = {
+    "task": "campaigns.compute_segments",
+    "schedule": crontab(hour=0, minute=40),
+}
+# --- end of Segments ----------------------------------------------------------
+
+# --- Member messages and webhooks (campaigns.services.notifications, .webhooks) ---
+# Channel of new member messages: log (one masked log line each), sms, wechat
+# or push (see campaigns.channels).
+LOYALTY_MESSAGE_CHANNEL = env("LOYALTY_MESSAGE_CHANNEL", default="log")
+# Local hours in which marketing messages are not sent ("22-8", "22:30-08:00";
+# "off" to disable): one created then waits until the end.
+LOYALTY_QUIET_HOURS = env("LOYALTY_QUIET_HOURS", default="22-8")
+# A message is failed after this many attempts (retries after 1, 2, 4, 8, 16 minutes by default).
+LOYALTY_MESSAGE_MAX_ATTEMPTS = env.int("LOYALTY_MESSAGE_MAX_ATTEMPTS", default=6)
+LOYALTY_MESSAGE_TIMEOUT_SECONDS = env.float("LOYALTY_MESSAGE_TIMEOUT_SECONDS", default=10.0)
+# JSON gateways of the sms, wechat and push channels (see campaigns.channels).
+LOYALTY_SMS_GATEWAY_URL = env("LOYALTY_SMS_GATEWAY_URL", default="")
+LOYALTY_SMS_GATEWAY_KEY = env("LOYALTY_SMS_GATEWAY_KEY", default="")
+LOYALTY_WECHAT_MESSAGE_GATEWAY_URL = env("LOYALTY_WECHAT_MESSAGE_GATEWAY_URL", default="")
+LOYALTY_WECHAT_MESSAGE_GATEWAY_KEY = env("LOYALTY_WECHAT_MESSAGE_GATEWAY_KEY", default="")
+LOYALTY_PUSH_GATEWAY_URL = env("LOYALTY_PUSH_GATEWAY_URL", default="")
+LOYALTY_PUSH_GATEWAY_KEY = env("LOYALTY_PUSH_GATEWAY_KEY", default="")
+# Outbound webhooks: seconds to wait for an endpoint, attempts before a delivery
+# is failed (retries after 1, 2, 4… minutes, at most 6 hours apart: about 20 h in all).
+LOYALTY_WEBHOOK_TIMEOUT_SECONDS = env.float("LOYALTY_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+LOYALTY_WEBHOOK_MAX_ATTEMPTS = env.int("LOYALTY_WEBHOOK_MAX_ATTEMPTS", default=12)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # Every minute: send due messages (retries, quiet hours over, broker outages).
+        "outbox-send": {"task": "campaigns.outbox_send_due", "schedule": 60.0},
+        # Every minute: post due webhook deliveries (retries, broker outages).
+        "webhooks-deliver": {"task": "campaigns.webhooks_deliver_due", "schedule": 60.0},
+        # 10:00 local: points expiring in 30 days (warning) and 7 days (last chance).
+        "points-expiry-reminders": {
+            "task": "campaigns.points_expiry_reminders",
+            "schedule": crontab(hour=10, minute=0),
+        },
+        # 10:05 local: coupons expiring within 3 days, once per coupon.
+        "coupons-expiring-reminders": {
+            "task": "campaigns.coupons_expiring_reminders",
+            "schedule": crontab(hour=10, minute=5),
+        },
+    }
+)
+# --- end of Member messages and webhooks ------------------------------------------
+
 # -----------------------------------------------------------------------------
 # Logging
 # -----------------------------------------------------------------------------

@@ -545,7 +545,15 @@ class MemberEventInline(ReadOnlyInline):
 class MemberAdmin(OperationsAdminMixin):
     operations = MEMBER_OPERATIONS
     store_scope_field = "registration_store"
-    list_filter = ["status", "tier", ("registration_store", ScopedStoreListFilter), "channel"]
+    list_filter = [
+        "status",
+        "tier",
+        ("registration_store", ScopedStoreListFilter),
+        "channel",
+        "lifecycle_stage",
+        "rfm_group",
+        "tags",
+    ]
     list_select_related = ["tier", "registration_store"]
     # The phone is searched separately: exact, normalised (see get_search_results).
     search_fields = ["=member_no", "name"]

@@ -309,6 +309,7 @@ def member_close(*, member: Member, by_user: AbstractBaseUser | None, reason: st
     member.closed_at = timezone.now()
     member.save()
     MemberToken.objects.filter(member=member, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    member.tags.clear()  # tags may describe the person
     # Earlier events may hold personal data in their data field: erase it too.
     MemberEvent.objects.filter(member=member).exclude(data={}).update(data={})
     MemberEvent.objects.create(member=member, kind=MemberEvent.Kind.CLOSED, reason=reason, by_user=by_user)
