@@ -82,6 +82,14 @@ class PurchaseInputSerializer(serializers.Serializer):
     )
 
 
+class CouponWrittenOffSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    value = serializers.DecimalField(max_digits=10, decimal_places=2)
+    cash_price = serializers.DecimalField(max_digits=10, decimal_places=2)
+
+
 class PurchaseOutputSerializer(serializers.Serializer):
     receipt_no = serializers.CharField()
     member_no = serializers.CharField(allow_null=True)
@@ -91,7 +99,7 @@ class PurchaseOutputSerializer(serializers.Serializer):
     points_used = serializers.IntegerField()
     cash_paid_by_points = serializers.DecimalField(max_digits=12, decimal_places=2)
     amount_due = serializers.DecimalField(max_digits=12, decimal_places=2)
-    coupons_written_off = serializers.ListField(child=serializers.DictField())
+    coupons_written_off = CouponWrittenOffSerializer(many=True)
     balance = serializers.IntegerField()
     spendable = serializers.IntegerField()
     tier = TierBriefSerializer(allow_null=True)
@@ -100,23 +108,27 @@ class PurchaseOutputSerializer(serializers.Serializer):
 
 
 def purchase_output(result: services.PurchaseResult) -> dict[str, Any]:
+    """The response body, rendered by its serializer: money as "0.00" strings,
+    as the schema says (a raw Decimal would be rendered as a JSON float)."""
     purchase = result.purchase
-    return {
-        "receipt_no": purchase.receipt_no,
-        "member_no": purchase.member.member_no if purchase.member else None,
-        "amount": purchase.amount,
-        "points_earned": purchase.points_earned,
-        "points_pending": result.points_pending,
-        "points_used": purchase.points_used,
-        "cash_paid_by_points": purchase.cash_paid_by_points,
-        "amount_due": purchase.amount - purchase.cash_paid_by_points,
-        "coupons_written_off": result.coupons_written_off,
-        "balance": result.balance,
-        "spendable": result.spendable,
-        "tier": {"code": result.tier.code, "name": result.tier.name} if result.tier else None,
-        "tier_changed": result.tier_changed,
-        "offline": purchase.offline,
-    }
+    return PurchaseOutputSerializer(
+        {
+            "receipt_no": purchase.receipt_no,
+            "member_no": purchase.member.member_no if purchase.member else None,
+            "amount": purchase.amount,
+            "points_earned": purchase.points_earned,
+            "points_pending": result.points_pending,
+            "points_used": purchase.points_used,
+            "cash_paid_by_points": purchase.cash_paid_by_points,
+            "amount_due": purchase.amount - purchase.cash_paid_by_points,
+            "coupons_written_off": result.coupons_written_off,
+            "balance": result.balance,
+            "spendable": result.spendable,
+            "tier": {"code": result.tier.code, "name": result.tier.name} if result.tier else None,
+            "tier_changed": result.tier_changed,
+            "offline": purchase.offline,
+        }
+    ).data
 
 
 class PurchaseCreateApi(APIView):
@@ -184,7 +196,7 @@ class PurchasePreviewApi(APIView):
         preview = services.purchase_preview(
             identified=identified, store=terminal.store, amount=data["amount"], points_to_use=data["points_to_use"]
         )
-        return Response(preview)
+        return Response(self.PreviewOutputSerializer(preview).data)
 
 
 class RefundCreateApi(APIView):
@@ -229,17 +241,19 @@ class RefundCreateApi(APIView):
             )
             refund = result.refund
             purchase = refund.purchase
-            return 201, {
-                "receipt_no": purchase.receipt_no,
-                "refund_no": refund.refund_no,
-                "amount": refund.amount,
-                "points_reversed": refund.points_reversed,
-                "points_returned": refund.points_returned,
-                "clawback": refund.clawback,
-                "coupons_restored": result.coupons_restored,
-                "refundable_left": purchase.amount - purchase.refunded_amount - refund.amount,
-                "balance": result.balance,
-            }
+            return 201, self.RefundOutputSerializer(
+                {
+                    "receipt_no": purchase.receipt_no,
+                    "refund_no": refund.refund_no,
+                    "amount": refund.amount,
+                    "points_reversed": refund.points_reversed,
+                    "points_returned": refund.points_returned,
+                    "clawback": refund.clawback,
+                    "coupons_restored": result.coupons_restored,
+                    "refundable_left": purchase.amount - purchase.refunded_amount - refund.amount,
+                    "balance": result.balance,
+                }
+            ).data
 
         return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
 
