@@ -42,9 +42,12 @@ def test_schema_declares_auth_schemes_and_error_envelope(schema):
     ("path", "fields"),
     [
         ("/api/v1/terminal/identify", {"code"}),
-        ("/api/v1/terminal/members", {"phone", "name", "birthday", "gender", "marketing_consent"}),
+        ("/api/v1/terminal/members", {"phone", "name", "birthday", "gender", "marketing_consent", "referral_code"}),
         ("/api/v1/auth/wechat", {"code"}),
-        ("/api/v1/auth/register", {"wechat_session", "phone", "name", "birthday", "gender", "marketing_consent"}),
+        (
+            "/api/v1/auth/register",
+            {"wechat_session", "phone", "name", "birthday", "gender", "marketing_consent", "referral_code"},
+        ),
     ],
 )
 def test_schema_request_body_of_each_operation_is_its_own(schema, path, fields):
