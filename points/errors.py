@@ -38,9 +38,9 @@ class RefundExceedsPurchase(Conflict):
     message = _("The refund is larger than what remains refundable (%(refundable)s).")
 
 
-class CouponsNotAvailable(InvalidInput):
-    code = "coupons_not_supported"
-    message = _("Coupons cannot be applied yet: the coupon service is not enabled.")
+class InvalidAmount(InvalidInput):
+    code = "invalid_amount"
+    message = _("The amount must be greater than zero.")
 
 
 class InvalidPaidAt(InvalidInput):

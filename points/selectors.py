@@ -19,6 +19,8 @@ EXPIRING_WINDOW_DAYS = 30
 
 _SUMMARY_SQL = """
 SELECT COALESCE(a.balance, 0), COALESCE(a.pending, 0), COALESCE(a.debt, 0),
+       (SELECT COALESCE(SUM(remaining), 0) FROM points_pointslot
+        WHERE member_id = %(member)s AND remaining > 0 AND expires_at <= %(now)s AND pending_until IS NULL),
        COALESCE((
          SELECT json_agg(json_build_object('expires_at', x.expires_at, 'points', x.points) ORDER BY x.expires_at)
          FROM (SELECT expires_at, SUM(remaining) AS points FROM points_pointslot
@@ -73,8 +75,8 @@ def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tu
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    balance, pending, debt, expiring_raw = row[:4]
-    coupons_raw = row[4] if store is not None else []
+    balance, pending, debt, lapsed, expiring_raw = row[:5]
+    coupons_raw = row[5] if store is not None else []
     expiring_rows = json.loads(expiring_raw) if isinstance(expiring_raw, str) else expiring_raw
     by_day: dict[Any, int] = {}
     for row in expiring_rows:
@@ -82,7 +84,8 @@ def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tu
         # Lots expire at local midnight: the last valid day is the day before.
         last_day = (timezone.localtime(expires_at) - timedelta(microseconds=1)).date()
         by_day[last_day] = by_day.get(last_day, 0) + int(row["points"])
-    spendable = max(balance - pending, 0) if debt == 0 else 0
+    # Points past their expiry but not yet taken by the nightly job cannot be spent.
+    spendable = max(balance - pending - lapsed, 0) if debt == 0 else 0
     summary = {
         "balance": balance,
         "pending": pending,

@@ -34,6 +34,7 @@ from points.errors import (
     DuplicateReceipt,
     DuplicateRefund,
     InsufficientPoints,
+    InvalidAmount,
     InvalidPaidAt,
     InvalidPoints,
     PointsOverCap,
@@ -368,6 +369,8 @@ def purchase_record(
     them nothing is written.
     """
     now = now or timezone.now()
+    if amount <= 0:
+        raise InvalidAmount()
     paid_at = paid_at or now
     _paid_at_check(paid_at, now)
     # Normalised before de-duplicating: a code typed in lower case and the
@@ -492,6 +495,8 @@ def purchase_refund(
     spent as debt. Never refused for lack of points.
     Raises ``PurchaseNotFound``, ``DuplicateRefund``, ``RefundExceedsPurchase``."""
     at = at or timezone.now()
+    if amount <= 0:
+        raise InvalidAmount()
     head = Purchase.objects.filter(store=store, receipt_no=receipt_no).only("id", "member_id").first()
     if head is None:
         raise PurchaseNotFound(receipt_no=receipt_no)
