@@ -23,7 +23,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -164,8 +164,14 @@ def mask_secret(secret: str) -> str:
     return "••••••••" + secret[-4:] if secret else ""
 
 
+def _formfield(db_field: models.Field, **kwargs: Any) -> forms.Field | None:
+    # A URL typed without a scheme is https (Django 6's default, without the warning).
+    if isinstance(db_field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return db_field.formfield(**kwargs)
+
+
 class WebhookEndpointForm(forms.ModelForm):
-    url = forms.URLField(label=_("URL"), max_length=200, assume_scheme="https")
     events = forms.MultipleChoiceField(
         label=_("Events"),
         required=False,
@@ -189,6 +195,7 @@ class WebhookEndpointForm(forms.ModelForm):
     class Meta:
         model = WebhookEndpoint
         fields = ["name", "url", "events", "is_active"]
+        formfield_callback = _formfield
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
@@ -210,6 +217,7 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(LoyaltyModelAdmin):
     form = WebhookEndpointForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["name", "url", "events_display", "is_active", "secret_masked", "deliveries_link", "updated_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "url"]

@@ -38,5 +38,5 @@ def campaigns_run_scheduled_task() -> int:
         return campaigns_run_scheduled() if acquired else 0
 
 
-from campaigns.tasks_segments import compute_segments_task  # noqa: E402,F401
 from campaigns.tasks_messaging import *  # noqa: E402,F401,F403
+from campaigns.tasks_segments import compute_segments_task  # noqa: E402,F401

@@ -236,6 +236,9 @@ def _member_insert(*, by_terminal: Terminal | None, by_user: AbstractBaseUser | 
         **fields,
     )
     TierChange.objects.create(member=member, from_tier=None, to_tier=tier, reason=TierChange.Reason.ENROLMENT)
+    from campaigns.services.webhooks import webhook_member_enrolled  # campaigns depends on members
+
+    webhook_member_enrolled(member)
     MemberEvent.objects.create(
         member=member,
         kind=MemberEvent.Kind.ENROLLED,
@@ -357,10 +360,15 @@ def member_set_tier(
         data={"from": previous.code, "to": tier.code},
         by_user=by_user,
     )
-    if tier.rank > previous.rank and member.status == Member.Status.ACTIVE:
-        from campaigns.services.issuing import tier_privileges_grant  # campaigns depends on members
+    # campaigns depends on members: imported here.
+    from campaigns.services.issuing import tier_privileges_grant
+    from campaigns.services.notifications import notify_tier_changed
+    from campaigns.services.webhooks import webhook_tier_changed
 
+    if tier.rank > previous.rank and member.status == Member.Status.ACTIVE:
         tier_privileges_grant(member=member, tier=tier)
+    notify_tier_changed(member, previous, tier, at=member.tier_since)
+    webhook_tier_changed(member, previous, tier, reason=TierChange.Reason.MANUAL, at=member.tier_since)
     return member
 
 

@@ -71,7 +71,8 @@ WITH lots AS (
 ), emptied AS (
     UPDATE points_pointslot p SET remaining = 0 FROM lots l WHERE p.id = l.id
 )
-SELECT COUNT(DISTINCT member_id), COUNT(*), COALESCE(SUM(remaining), 0) FROM lots
+SELECT COUNT(DISTINCT member_id), COUNT(*), COALESCE(SUM(remaining), 0),
+       (SELECT COALESCE(array_agg(id), '{}') FROM entries) FROM lots
 """
 
 
@@ -99,7 +100,10 @@ def points_expire_due(*, as_of: datetime | None = None, batch_size: int | None =
         with transaction.atomic(), connection.cursor() as cursor:
             _lock_accounts(cursor, ids)
             cursor.execute(_EXPIRE_SQL, {"ids": ids, "as_of": as_of, "reference": reference, "at": timezone.now()})
-            members, lots, points = cursor.fetchone()
+            members, lots, points, entry_ids = cursor.fetchone()
+            from campaigns.services.webhooks import webhooks_points_changed_many
+
+            webhooks_points_changed_many(entry_ids=entry_ids)
         result.max_batch_seconds = max(result.max_batch_seconds, clock.monotonic() - started)
         result.members += members
         result.lots += lots
@@ -202,7 +206,10 @@ WITH spend AS (
     SELECT id, old_tier_id, new_tier_id, reason, %(note)s, spend, now() FROM changed
 )
 SELECT COUNT(*) FILTER (WHERE reason = 'upgrade'), COUNT(*) FILTER (WHERE reason <> 'upgrade'),
-       COALESCE(array_agg(id) FILTER (WHERE reason = 'upgrade'), '{}') FROM changed
+       COALESCE(array_agg(id) FILTER (WHERE reason = 'upgrade'), '{}'),
+       COALESCE(json_agg(json_build_object('id', id, 'from', old_tier_id, 'to', new_tier_id, 'reason', reason)),
+                '[]'::json)
+FROM changed
 """
 
 
@@ -222,8 +229,9 @@ def tiers_evaluate(*, as_of: datetime | None = None, batch_size: int | None = No
         hi = lo + batch_size - 1
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_TIERS_SQL, {"lo": lo, "hi": hi, "since": since, "as_of": as_of, "note": note})
-            up, down, upgraded_ids = cursor.fetchone()
+            up, down, upgraded_ids, changes = cursor.fetchone()
             _grant_tier_privileges(upgraded_ids, as_of)
+            _announce_tier_changes(changes, as_of)
         result.upgraded += up
         result.downgraded += down
         result.batches += 1
@@ -240,6 +248,26 @@ def _grant_tier_privileges(member_ids: list[int], at: datetime) -> None:
 
     for member in Member.objects.filter(pk__in=member_ids).select_related("tier"):
         tier_privileges_grant(member=member, at=at)
+
+
+def _announce_tier_changes(changes: Any, at: datetime) -> None:
+    """Member messages and webhooks for tier changes made by evaluation."""
+    import json
+
+    from campaigns.services.notifications import notify_tier_changed
+    from campaigns.services.webhooks import webhook_tier_changed
+    from members.models import Member, Tier
+
+    rows = json.loads(changes) if isinstance(changes, str) else changes
+    if not rows:
+        return
+    tiers = {tier.pk: tier for tier in Tier.objects.all()}
+    members = Member.objects.in_bulk([row["id"] for row in rows])
+    for row in rows:
+        member = members[row["id"]]
+        previous, target = tiers[row["from"]], tiers[row["to"]]
+        notify_tier_changed(member, previous, target, at=at)
+        webhook_tier_changed(member, previous, target, reason=row["reason"], at=at)
 
 
 # -----------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from campaigns.services.campaigns import campaigns_after_check_in, campaigns_after_purchase, purchase_boost
+from campaigns.services.notifications import notify_points_earned, notify_tier_changed
+from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember, tier_for_spend
@@ -145,10 +147,12 @@ class Refs:
 
 def _entry(account: PointsAccount, *, kind: str, points: int, at: datetime, refs: Refs) -> PointsEntry:
     account.balance += points
-    return PointsEntry.objects.create(
+    entry = PointsEntry.objects.create(
         member_id=account.member_id, kind=kind, points=points, balance_after=account.balance, created_at=at,
         **refs.fields(),
     )
+    webhook_points_changed(entry)  # delivered after commit, with a stable event id
+    return entry
 
 
 def _credit(
@@ -417,8 +421,11 @@ def purchase_record(
     pending = 0
     if earned > 0:
         pending_until = paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
-        _, lot = _credit(account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until)
+        earn_entry, lot = _credit(
+            account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until
+        )
         pending = earned if lot is not None and lot.pending_until is not None else 0
+        notify_points_earned(earn_entry)
     Purchase.objects.filter(pk=purchase.pk).update(
         points_earned=earned, points_used=points_to_use, cash_paid_by_points=cash, multiplier=multiplier
     )
@@ -610,8 +617,9 @@ def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetim
     if earned > 0:
         refs = Refs(source=Source.CLAIM, store=store, purchase=purchase)
         pending_until = purchase.paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
-        _, lot = _credit(account, kind=Kind.EARN, points=earned, at=at, refs=refs, pending_until=pending_until)
+        earn_entry, lot = _credit(account, kind=Kind.EARN, points=earned, at=at, refs=refs, pending_until=pending_until)
         pending = earned if lot is not None and lot.pending_until is not None else 0
+        notify_points_earned(earn_entry)
     _save(account)
     new_tier = tier_upgrade_if_qualified(member=member, at=at)
     return PurchaseResult(
@@ -758,5 +766,7 @@ def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
     from campaigns.services.issuing import tier_privileges_grant
 
     tier_privileges_grant(member=member, tier=target, at=at)
+    notify_tier_changed(member, previous, target, at=at)
+    webhook_tier_changed(member, previous, target, reason=TierChange.Reason.UPGRADE, at=at)
     return target
 

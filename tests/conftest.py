@@ -36,15 +36,24 @@ def restore_migration_data() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _restore_after_flush(request: pytest.FixtureRequest) -> Any:
-    """Autouse, so set up first and torn down last: after the flush."""
-    yield
+def _migration_data(request: pytest.FixtureRequest) -> Any:
+    """Every database test starts with the data migrations' rows (tiers, role
+    groups), even after an earlier transactional test's flush emptied them
+    (also in an earlier run with --reuse-db)."""
     marker = request.node.get_closest_marker("django_db")
-    if marker is not None and marker.kwargs.get("transaction"):
-        from django.db import connection
+    transactional = bool(marker and marker.kwargs.get("transaction")) or "transactional_db" in request.fixturenames
+    if transactional:
+        request.getfixturevalue("transactional_db")
+    elif marker is not None or "db" in request.fixturenames:
+        request.getfixturevalue("db")
+    else:
+        yield
+        return
+    from members.models import Tier
 
+    if not Tier.objects.exists():
         restore_migration_data()
-        connection.close()
+    yield
 
 
 @pytest.fixture

@@ -6,18 +6,28 @@ Every effect goes through the ledger and coupon services and is recorded as a
 scheduled campaign issues nothing twice. Budgets are reserved with a
 conditional ``F()`` update under a CHECK constraint, so they are never
 exceeded, even by concurrent tills.
+
+Lock order: a reservation holds the campaign's row until the transaction
+commits, so every member's points account a transaction will lock is locked
+before any campaign row (the till holds the buyer's account; ``purchase_boost``
+also locks the referrer's before a referred member's first purchase reserves
+anything; scheduled grants lock the member's account first). Campaign rows are
+then taken multipliers first (by pk), then bonuses, then referrals.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignGrant, Coupon
@@ -49,14 +59,25 @@ def _in_segment(campaign: Campaign, member: Member, at: datetime) -> bool:
     return segment_members(campaign.segment, at=at).filter(pk=member.pk).exists()
 
 
-def _targets(campaign: Campaign, *, member: Member, store: Store | None, at: datetime) -> bool:
+def _targets(
+    campaign: Campaign,
+    *,
+    member: Member,
+    store: Store | None,
+    at: datetime,
+    tier_id: int | None = None,
+    in_segment: Callable[[Member, datetime], bool] | None = None,
+) -> bool:
+    """Whether the campaign applies to ``member`` at ``store``; ``tier_id``: the
+    member's tier then (a replayed purchase), the current tier by default;
+    ``in_segment``: a cached segment test (the dry run)."""
     stores = [s.pk for s in campaign.stores.all()]
     if stores and (store is None or store.pk not in stores):
         return False
     tiers = [t.pk for t in campaign.tiers.all()]
-    if tiers and member.tier_id not in tiers:
+    if tiers and (tier_id or member.tier_id) not in tiers:
         return False
-    return _in_segment(campaign, member, at)
+    return (in_segment or partial(_in_segment, campaign))(member, at)
 
 
 def _day_matches(campaign: Campaign, *, member: Member, at: datetime) -> bool:
@@ -147,6 +168,7 @@ def purchase_boost(
     exceeded is left out. Records a grant per campaign applied."""
     from points.services import points_for_amount
 
+    _referrer_lock(member, at)
     candidates = [c for c in multipliers_for(member=member, store=store, at=at) if not _limit_reached(c, member)]
     base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
     while True:
@@ -169,6 +191,22 @@ def purchase_boost(
     return Boost(multiplier=multiplier, earned=earned, campaigns=[c.pk for c in effective])
 
 
+def _referrer_lock(member: Member, at: datetime) -> None:
+    """Before a referred member's first purchase reserves any budget, lock the
+    referrer's points account, which ``referral_reward`` will credit: accounts
+    before campaign rows, or the referrer's own purchase (their account, then
+    the same multiplier row) deadlocks with this one."""
+    from points.locks import account_lock
+    from points.models import Purchase
+
+    if not member.referrer_id or Purchase.objects.filter(member=member)[:2].count() > 1:
+        return
+    if campaigns_running(kinds=[Campaign.Kind.REFERRAL], at=at).exists():
+        referrer = Member.objects.filter(pk=member.referrer_id).first()
+        if referrer is not None:
+            account_lock(referrer)
+
+
 def _extra_shares(campaigns: list[Campaign], extra: int) -> dict[int, int]:
     """Split the extra points over the campaigns by their multiplier's excess over 1."""
     if not campaigns or extra <= 0:
@@ -183,12 +221,16 @@ def _extra_shares(campaigns: list[Campaign], extra: int) -> dict[int, int]:
 
 def _credit(campaign: Campaign, member: Member, points: int, reference: str, at: datetime) -> CampaignGrant | None:
     """Give bonus points once per reference, within budget and per-member limit."""
+    from points.locks import account_lock
     from points.models import PointsEntry
     from points.services import Refs, points_credit
 
-    if points <= 0 or _limit_reached(campaign, member):
+    if points <= 0:
         return None
     with transaction.atomic():
+        account_lock(member)  # lock order: the account before the campaign row
+        if _limit_reached(campaign, member):
+            return None
         grant = _grant_row(campaign, member, reference, points=points)
         if grant is None:
             return None
@@ -214,11 +256,15 @@ def _credit(campaign: Campaign, member: Member, points: int, reference: str, at:
 def _coupon(campaign: Campaign, member: Member, reference: str, at: datetime, benefit: Any = None) -> CampaignGrant | None:
     """Give one coupon once per reference, within the coupon budget and limits."""
     from campaigns.services.coupons import coupon_issue
+    from points.locks import account_lock
 
     benefit = benefit or campaign.benefit
-    if benefit is None or _limit_reached(campaign, member):
+    if benefit is None:
         return None
     with transaction.atomic():
+        account_lock(member)  # lock order: the account before the campaign row
+        if _limit_reached(campaign, member):
+            return None
         grant = _grant_row(campaign, member, reference)
         if grant is None:
             return None
@@ -263,41 +309,65 @@ def campaigns_after_purchase(*, purchase: Any, at: datetime) -> int:
             grant = _credit(campaign, member, campaign.points, "first_purchase", at)
             given += grant.points if grant else 0
     if member.referrer_id:
-        referral_reward(referee=member, at=at)
+        referral_reward(referee=member, at=at, store=purchase.store)
     return given
+
+
+def _streak_start(member: Member, today: date) -> date | None:
+    """First day of the run of consecutive check-ins ending ``today`` (None
+    when the member did not check in today): the latest day up to today
+    whose previous day has no check-in."""
+    from points.models import CheckIn
+
+    table = CheckIn._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT MAX(c.day) FROM {table} c WHERE c.member_id = %s AND c.day <= %s "  # noqa: S608 - model table
+            f"AND NOT EXISTS (SELECT 1 FROM {table} p WHERE p.member_id = c.member_id AND p.day = c.day - 1) "
+            f"AND EXISTS (SELECT 1 FROM {table} t WHERE t.member_id = c.member_id AND t.day = %s)",
+            [member.pk, today, today],
+        )
+        (start,) = cursor.fetchone()
+    return start
 
 
 def campaigns_after_check_in(*, member: Member, at: datetime) -> int:
-    """Check-in streak bonuses: once per streak of ``streak_days`` consecutive days."""
-    from points.models import CheckIn
-
+    """Check-in streak bonuses: once per streak of ``streak_days`` consecutive
+    days. A streak ends on its last day: a run of 14 consecutive check-ins is
+    two streaks of 7 (bonus on the 7th and 14th day), a missed day starts over."""
     given = 0
     today = timezone.localtime(at).date()
-    for campaign in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at):
-        if campaign.condition != Campaign.Condition.CHECK_IN_STREAK or not _targets(
-            campaign, member=member, store=None, at=at
-        ):
-            continue
+    campaigns = [
+        c
+        for c in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at)
+        if c.condition == Campaign.Condition.CHECK_IN_STREAK and c.streak_days > 0
+    ]
+    if not campaigns:
+        return 0
+    start = _streak_start(member, today)
+    if start is None:
+        return 0
+    run = (today - start).days + 1
+    for campaign in campaigns:
         days = campaign.streak_days
-        window = set(
-            CheckIn.objects.filter(member=member, day__gt=today - timedelta(days=days), day__lte=today).values_list(
-                "day", flat=True
-            )
-        )
-        if len(window) == days:
-            grant = _credit(campaign, member, campaign.points, f"streak:{today.isoformat()}", at)
-            given += grant.points if grant else 0
+        if run % days or not _targets(campaign, member=member, store=None, at=at):
+            continue
+        # One grant per streak: the run's first day and the streak's number in it.
+        grant = _credit(campaign, member, campaign.points, f"streak:{start.isoformat()}:{run // days}", at)
+        given += grant.points if grant else 0
     return given
 
 
-def referral_reward(*, referee: Member, at: datetime) -> None:
-    """The referrer of a member making their first purchase gets the referral
-    reward (once per referee), and the threshold reward once at N referrals."""
-    referrer = referee.referrer
+def referral_reward(*, referee: Member, at: datetime, store: Store | None = None) -> None:
+    """The referrer of a member making their first purchase (at ``store``) gets
+    the referral reward (once per referee), and the threshold reward once at N
+    referrals. A campaign limited to stores counts first purchases made there."""
+    # Read now, not the cached relation: the referrer may have been frozen since.
+    referrer = Member.objects.select_related("tier").filter(pk=referee.referrer_id).first()
     if referrer is None or referrer.pk == referee.pk or referrer.status != Member.Status.ACTIVE:
         return
     for campaign in campaigns_running(kinds=[Campaign.Kind.REFERRAL], at=at):
-        if not _targets(campaign, member=referrer, store=None, at=at):
+        if not _targets(campaign, member=referrer, store=store, at=at):
             continue
         _credit(campaign, referrer, campaign.points, f"referee:{referee.pk}", at)
         if campaign.threshold_count and campaign.threshold_points:
@@ -344,21 +414,44 @@ def campaign_run(*, campaign: Campaign, at: datetime | None = None) -> int:
     return made
 
 
+def _sleeping_members(campaign: Campaign, at: datetime) -> QuerySet[Member]:
+    """Members of the campaign sleeping as of the nightly job, without a
+    purchase since (the stage is refreshed only at night)."""
+    from points.models import Purchase
+
+    sleeping_days = getattr(settings, "LOYALTY_LIFECYCLE_SLEEPING_DAYS", 90)
+    recent = Purchase.objects.filter(
+        member_id=OuterRef("pk"), paid_at__gt=at - timedelta(days=sleeping_days), refunded_amount__lt=F("amount")
+    )
+    members = _segment_or_all(campaign, at).filter(lifecycle_stage=Member.Lifecycle.SLEEPING)
+    return members.exclude(Exists(recent))
+
+
 def _reactivation_waves(campaign: Campaign, at: datetime) -> int:
     """Sleeping members enter at wave 0; wave k follows ``after_days`` later,
     unless the member bought since entering."""
+    from points.models import Purchase
+
     made = 0
     waves = sorted(campaign.waves or [], key=lambda wave: int(wave.get("after_days", 0)))
     if not waves:
         return 0
-    sleeping = _segment_or_all(campaign, at).filter(lifecycle_stage=Member.Lifecycle.SLEEPING)
-    for member in sleeping.iterator(chunk_size=500):
+    for member in _sleeping_members(campaign, at).iterator(chunk_size=500):
         made += _wave(campaign, member, 0, waves[0], at)
-    entries = CampaignGrant.objects.filter(campaign=campaign, reference="wave:0").select_related("member")
+    # Bought since entering: the waves stop at once, from the purchases
+    # themselves (``last_purchase_at`` is only refreshed by the nightly job).
+    bought = Purchase.objects.filter(
+        member_id=OuterRef("member_id"), paid_at__gt=OuterRef("created_at"), refunded_amount__lt=F("amount")
+    )
+    entries = (
+        CampaignGrant.objects.filter(campaign=campaign, reference="wave:0", member__status=Member.Status.ACTIVE)
+        .exclude(member__last_purchase_at__gt=F("created_at"))
+        .exclude(Exists(bought))
+        .select_related("member__tier")
+        .order_by("pk")
+    )
     for entry in entries.iterator(chunk_size=500):
         member = entry.member
-        if member.last_purchase_at and member.last_purchase_at > entry.created_at:
-            continue  # bought since: the waves stop
         for index, wave in enumerate(waves[1:], start=1):
             if entry.created_at + timedelta(days=int(wave.get("after_days", 0))) <= at:
                 made += _wave(campaign, member, index, wave, at)
@@ -370,24 +463,26 @@ def _wave(campaign: Campaign, member: Member, index: int, wave: dict[str, Any], 
 
     reference = f"wave:{index}"
     benefit = Benefit.objects.filter(pk=wave.get("benefit")).first() if wave.get("benefit") else None
-    if benefit is not None:
-        grant = _coupon(campaign, member, reference, at, benefit=benefit)
-    else:
-        grant = _grant_row(campaign, member, reference)
-    if grant is None:
-        return 0
-    if wave.get("message"):
-        try:
-            from campaigns.services.notifications import message_enqueue
-        except ImportError:  # messaging not installed in this build
-            return 1
-        message_enqueue(
-            member=member,
-            kind="campaign",
-            payload={"campaign": campaign.name, "text": wave["message"], "wave": index},
-            dedupe_key=f"campaign:{campaign.pk}:{member.pk}:{reference}",
-            marketing=True,
-        )
+    # The grant and its message together: a wave is never recorded without its message.
+    with transaction.atomic():
+        if benefit is not None:
+            grant = _coupon(campaign, member, reference, at, benefit=benefit)
+        else:
+            grant = _grant_row(campaign, member, reference)
+        if grant is None:
+            return 0
+        if wave.get("message"):
+            try:
+                from campaigns.services.notifications import message_enqueue
+            except ImportError:  # messaging not installed in this build
+                return 1
+            message_enqueue(
+                member=member,
+                kind="campaign",
+                payload={"campaign": campaign.name, "text": wave["message"], "wave": index},
+                dedupe_key=f"campaign:{campaign.pk}:{member.pk}:{reference}",
+                marketing=True,
+            )
     return 1
 
 
@@ -433,64 +528,134 @@ class Forecast:
 
 
 def campaign_dry_run(*, campaign: Campaign, weeks: int = 4, now: datetime | None = None) -> Forecast:
-    """Replay the last ``weeks`` of purchases through ``campaign`` as if it had
-    been active, with its budget and per-member limit, without writing anything."""
+    """Forecast what ``campaign`` would issue, without writing anything.
+
+    Multipliers, birthday multipliers and first-purchase bonuses: the last
+    ``weeks`` of purchases replayed in order through the campaign alone, as if
+    it had been active, with its targeting, per-member limit and points budget
+    as the till applies them. Coupon grants, birthday gifts and the first
+    reactivation wave: the members the next run would reach (those not given
+    it yet), within the coupon budget left and the benefit's stock."""
+    now = now or timezone.now()
+    # Fresh, with what every replayed purchase looks at loaded once.
+    campaign = (
+        Campaign.objects.select_related("segment", "benefit").prefetch_related("stores", "tiers").get(pk=campaign.pk)
+    )
+    forecast = Forecast()
+    reached: set[int] = set()
+    if campaign.kind in (Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY, Campaign.Kind.BONUS):
+        reached = _replay_purchases(campaign, forecast, since=now - timedelta(weeks=weeks), now=now)
+    gifted = _coupon_targets(campaign, now)
+    if gifted is not None:
+        forecast.coupons = len(gifted) if _forecast_issues_coupons(campaign) else 0
+        reached |= gifted
+    forecast.members = len(reached)
+    return forecast
+
+
+def _replay_purchases(campaign: Campaign, forecast: Forecast, *, since: datetime, now: datetime) -> set[int]:
     from points.models import Purchase
     from points.services import points_for_amount
 
-    now = now or timezone.now()
-    since = now - timedelta(weeks=weeks)
-    forecast = Forecast()
     reached: set[int] = set()
     per_member: dict[int, int] = {}
     budget_points = campaign.budget_points
-    if campaign.kind in (Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY, Campaign.Kind.BONUS):
-        purchases = (
-            Purchase.objects.filter(paid_at__gte=since, paid_at__lt=now, member__isnull=False)
-            .select_related("member", "tier", "store")
-            .order_by("paid_at", "pk")
-        )
-        seen_before = set(
-            Purchase.objects.filter(paid_at__lt=since, member__isnull=False).values_list("member_id", flat=True)
-        )
-        for purchase in purchases.iterator(chunk_size=1000):
-            member = purchase.member
-            if campaign.per_member_limit is not None and per_member.get(member.pk, 0) >= campaign.per_member_limit:
+    purchases = (
+        Purchase.objects.filter(paid_at__gte=since, paid_at__lt=now, member__isnull=False)
+        .select_related("member", "tier", "store")
+        .order_by("paid_at", "pk")
+    )
+    seen_before = set(
+        Purchase.objects.filter(paid_at__lt=since, member__isnull=False).values_list("member_id", flat=True)
+    )
+    # Segment membership once per local month (a birthday-month criterion
+    # follows the month), among the members who bought in the window.
+    segment_months: dict[tuple[int, int], set[int]] = {}
+
+    def in_segment(member: Member, at: datetime) -> bool:
+        from campaigns.services.segments import segment_members
+
+        local = timezone.localtime(at)
+        key = (local.year, local.month)
+        if key not in segment_months:
+            buyers = purchases.values("member_id")
+            segment_months[key] = set(
+                segment_members(campaign.segment, at=at).filter(pk__in=buyers).values_list("pk", flat=True)
+            )
+        return member.pk in segment_months[key]
+
+    for purchase in purchases.iterator(chunk_size=1000):
+        member = purchase.member
+        # Whether this is the member's first purchase, whatever happens below.
+        first = member.pk not in seen_before
+        seen_before.add(member.pk)
+        if campaign.per_member_limit is not None and per_member.get(member.pk, 0) >= campaign.per_member_limit:
+            continue
+        tier = purchase.tier or member.tier
+        if not _targets(
+            campaign,
+            member=member,
+            store=purchase.store,
+            at=purchase.paid_at,
+            tier_id=tier.pk,
+            in_segment=in_segment if campaign.segment_id else None,
+        ):
+            continue
+        if campaign.kind == Campaign.Kind.BONUS:
+            if campaign.condition != Campaign.Condition.FIRST_PURCHASE or not first or campaign.points <= 0:
                 continue
-            if not _targets(campaign, member=member, store=purchase.store, at=purchase.paid_at):
+            extra = campaign.points
+        else:
+            if campaign.multiplier <= ONE or not _day_matches(campaign, member=member, at=purchase.paid_at):
                 continue
-            extra = 0
-            if campaign.kind == Campaign.Kind.BONUS:
-                if campaign.condition != Campaign.Condition.FIRST_PURCHASE or member.pk in seen_before:
-                    seen_before.add(member.pk)
-                    continue
-                seen_before.add(member.pk)
-                extra = campaign.points
-            else:
-                if not _day_matches(campaign, member=member, at=purchase.paid_at):
-                    continue
-                base_amount = purchase.amount - purchase.cash_paid_by_points
-                tier = purchase.tier or member.tier
-                base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
-                extra = points_for_amount(amount=base_amount, tier=tier, multiplier=campaign.multiplier) - base
-            if budget_points is not None:
-                if forecast.points + extra > budget_points:
-                    continue
-            forecast.purchases += 1
-            forecast.points += extra
-            per_member[member.pk] = per_member.get(member.pk, 0) + 1
-            reached.add(member.pk)
+            base_amount = purchase.amount - purchase.cash_paid_by_points
+            base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
+            extra = points_for_amount(amount=base_amount, tier=tier, multiplier=campaign.multiplier) - base
+        if budget_points is not None and forecast.points + extra > budget_points:
+            continue
+        forecast.purchases += 1
+        forecast.points += extra
+        per_member[member.pk] = per_member.get(member.pk, 0) + 1
+        reached.add(member.pk)
+    return reached
+
+
+def _forecast_issues_coupons(campaign: Campaign) -> bool:
+    if campaign.kind == Campaign.Kind.REACTIVATION:
+        waves = sorted(campaign.waves or [], key=lambda wave: int(wave.get("after_days", 0)))
+        return bool(waves and waves[0].get("benefit"))
+    return campaign.benefit_id is not None
+
+
+def _coupon_targets(campaign: Campaign, now: datetime) -> set[int] | None:
+    """Members the next scheduled run would reach (None for campaigns that are not run)."""
+    local = timezone.localtime(now)
+    if campaign.kind == Campaign.Kind.COUPON_GRANT:
+        if campaign.benefit_id is None:
+            return set()
+        members, reference = _segment_or_all(campaign, now), "grant"
+    elif campaign.kind == Campaign.Kind.BIRTHDAY and campaign.benefit_id:
+        members = _segment_or_all(campaign, now).filter(birthday__month=local.month)
+        reference = f"birthday:{local.year}"
+    elif campaign.kind == Campaign.Kind.REACTIVATION:
+        if not campaign.waves:
+            return set()
+        members = _sleeping_members(campaign, now)
+        reference = "wave:0"
     else:
-        members = _segment_or_all(campaign, now)
-        if campaign.kind == Campaign.Kind.BIRTHDAY:
-            members = members.filter(birthday__month=timezone.localtime(now).month)
-        if campaign.kind == Campaign.Kind.REACTIVATION:
-            members = members.filter(lifecycle_stage=Member.Lifecycle.SLEEPING)
-        count = members.count()
-        if campaign.budget_coupons is not None:
-            count = min(count, campaign.budget_coupons - campaign.spent_coupons)
-        forecast.members = count
-        forecast.coupons = count if campaign.benefit_id or campaign.kind == Campaign.Kind.REACTIVATION else 0
-        return forecast
-    forecast.members = len(reached)
-    return forecast
+        return None
+    given = CampaignGrant.objects.filter(campaign=campaign, reference=reference).values("member_id")
+    members = members.exclude(pk__in=given)
+    limit = None
+    if campaign.budget_coupons is not None and _forecast_issues_coupons(campaign):
+        limit = max(campaign.budget_coupons - campaign.spent_coupons, 0)
+    benefit = campaign.benefit if campaign.kind != Campaign.Kind.REACTIVATION else None
+    if benefit is not None:
+        eligible = list(benefit.eligible_tiers.values_list("pk", flat=True))
+        if eligible:
+            members = members.filter(tier_id__in=eligible)
+        if benefit.total_stock is not None:
+            stock = max(benefit.total_stock - benefit.issued_count, 0)
+            limit = stock if limit is None else min(limit, stock)
+    ids = members.order_by().values_list("pk", flat=True)
+    return set(ids if limit is None else ids[:limit])

@@ -34,6 +34,8 @@ from campaigns.errors import (
     OutOfStock,
 )
 from campaigns.models import Benefit, Coupon, CouponEvent
+from campaigns.services.notifications import notify_coupon_issued
+from campaigns.services.webhooks import webhook_coupon_written_off
 from members.errors import MemberClosed, MemberFrozen, ReasonRequired
 from members.models import Member, Store, Terminal
 from points.locks import account_lock
@@ -154,6 +156,7 @@ def coupon_issue(
         issued_at=at,
     )
     _event(coupon, CouponEvent.Kind.ISSUED, at=at, by_user=by_user, reason=reason or source)
+    notify_coupon_issued(coupon)
     return coupon
 
 
@@ -283,6 +286,7 @@ def coupon_write_off(
         coupon, CouponEvent.Kind.WRITTEN_OFF, at=at, store=store, terminal=terminal, receipt_no=receipt_no,
         by_user=by_user,
     )
+    webhook_coupon_written_off(coupon)
     return coupon
 
 

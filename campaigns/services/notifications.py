@@ -14,10 +14,11 @@ Nothing is sent twice:
   ``Idempotency-Key`` (``outbox:<id>``).
 
 Rules applied when a message is enqueued, and again when it is sent (consent
-or status may have changed in between): closed members get nothing; marketing
-messages need ``marketing_consent`` and wait for the end of the quiet hours
-(``LOYALTY_QUIET_HOURS``, local time). Such messages are kept with status
-``skipped`` and the reason, so admin shows why a member got nothing.
+or status may have changed in between): closed members get nothing, and
+marketing messages need ``marketing_consent`` — such messages are kept with
+status ``skipped`` and the reason, so admin shows why a member got nothing;
+marketing messages also wait for the end of the quiet hours
+(``LOYALTY_QUIET_HOURS``, local time), without counting an attempt.
 
 Channel failures are retried after 1, 2, 4, 8, 16… minutes; after
 ``LOYALTY_MESSAGE_MAX_ATTEMPTS`` attempts the message is ``failed`` (listed in
@@ -356,12 +357,13 @@ def outbox_send_due(*, now: datetime | None = None, limit: int = 500) -> Counter
     """The beat sweep: send up to ``limit`` due pending messages, oldest due
     first (retries that came due, messages created while the broker was down,
     marketing held over quiet hours). Returns the count per outcome."""
-    now = now or timezone.now()
+    cutoff = now or timezone.now()
     ids = list(
-        OutboxMessage.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+        OutboxMessage.objects.filter(status=Status.PENDING, next_attempt_at__lte=cutoff)
         .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
+    # Without ``now``, each attempt reads the clock (a sweep may take a while).
     outcomes = outbox_send_many(message_ids=ids, now=now)
     if ids:
         logger.info("outbox sweep: %s", dict(outcomes))
