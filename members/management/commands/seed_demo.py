@@ -23,6 +23,12 @@ class Command(BaseCommand):
         from points.demo import seed_history
 
         self.stdout.write(seed_history())
+        from campaigns.demo import seed_catalogue_and_campaigns
+        from campaigns.services.segments import segments_compute
+
+        self.stdout.write(seed_catalogue_and_campaigns())
+        result = segments_compute()
+        self.stdout.write(f"Computed lifecycle stages and RFM scores ({result.updated} members updated).")
         Heartbeat.objects.update_or_create(name="seed_demo", defaults={"at": timezone.now()})
         if keys:
             self.stdout.write("Terminal API keys (shown once):")
