@@ -18,7 +18,7 @@ from campaigns.services.campaigns import campaign_dry_run, campaign_results, cam
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "status", "starts_at", "ends_at", "multiplier", "spent_points", "spent_coupons"]
+    list_display = ["name", "kind", "status", "starts_at", "ends_at", "multiplier", "budget_used"]
     list_filter = ["kind", "status"]
     search_fields = ["name"]
     filter_horizontal = ["stores", "tiers"]
@@ -27,10 +27,30 @@ class CampaignAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "kind", "status", "starts_at", "ends_at", "segment", "stores", "tiers"]}),
         (_("Multiplier"), {"fields": ["multiplier", "weekdays", "month_day", "stackable"]}),
-        (_("Bonus and referral"), {"fields": ["condition", "streak_days", "points", "threshold_count", "threshold_points"]}),
+        (
+            _("Bonus and referral"),
+            {"fields": ["condition", "streak_days", "points", "threshold_count", "threshold_points"]},
+        ),
         (_("Coupons and waves"), {"fields": ["benefit", "waves"]}),
-        (_("Limits and budget"), {"fields": ["per_member_limit", "budget_points", "budget_coupons", "spent_points", "spent_coupons"]}),
+        (
+            _("Limits and budget"),
+            {"fields": ["per_member_limit", "budget_points", "budget_coupons", "spent_points", "spent_coupons"]},
+        ),
     ]
+
+    @admin.display(description=_("budget used"))
+    def budget_used(self, obj: Campaign) -> str:
+        """Budget counters exist only for budgeted campaigns; results are on the forecast page."""
+        parts = []
+        if obj.budget_points is not None:
+            parts.append(
+                gettext("%(spent)s / %(budget)s points") % {"spent": obj.spent_points, "budget": obj.budget_points}
+            )
+        if obj.budget_coupons is not None:
+            parts.append(
+                gettext("%(spent)s / %(budget)s coupons") % {"spent": obj.spent_coupons, "budget": obj.budget_coupons}
+            )
+        return "; ".join(parts) or "—"
 
     def get_urls(self) -> list[Any]:
         urls = super().get_urls()

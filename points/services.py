@@ -622,6 +622,8 @@ def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetim
         notify_points_earned(earn_entry)
     _save(account)
     new_tier = tier_upgrade_if_qualified(member=member, at=at)
+    if campaigns_after_purchase(purchase=purchase, at=at):
+        account.refresh_from_db()  # a first-purchase bonus was credited
     return PurchaseResult(
         purchase, balance=account.balance, spendable=account.spendable, points_pending=pending,
         tier=new_tier or tier, tier_changed=new_tier is not None,

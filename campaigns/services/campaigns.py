@@ -126,7 +126,17 @@ def campaign_multiplier_for(*, member: Member, store: Store | None, at: datetime
 # Budget and grants
 # -----------------------------------------------------------------------------
 def _reserve(campaign: Campaign, *, points: int = 0, coupons: int = 0) -> bool:
-    """Take budget with a conditional update: False when it would be exceeded."""
+    """Take budget with a conditional update: False when it would be exceeded.
+
+    A campaign without a budget is not touched: updating its row would make
+    every till running the campaign queue behind one row lock. Its results
+    come from its grants (``campaign_results``)."""
+    needs_points = bool(points) and campaign.budget_points is not None
+    needs_coupons = bool(coupons) and campaign.budget_coupons is not None
+    if not needs_points and not needs_coupons:
+        return True
+    points = points if needs_points else 0
+    coupons = coupons if needs_coupons else 0
     condition = Q()
     if points:
         condition &= Q(budget_points__isnull=True) | Q(spent_points__lte=F("budget_points") - points)
@@ -242,7 +252,9 @@ def _credit(campaign: Campaign, member: Member, points: int, reference: str, at:
                 member=member,
                 points=points,
                 kind=PointsEntry.Kind.BONUS,
-                refs=Refs(source=PointsEntry.Source.CAMPAIGN, reason=campaign.name, reference=f"campaign:{campaign.pk}"),
+                refs=Refs(
+                    source=PointsEntry.Source.CAMPAIGN, reason=campaign.name, reference=f"campaign:{campaign.pk}"
+                ),
                 at=at,
             )
         except LoyaltyError as exc:  # frozen/closed member: no bonus, nothing reserved
@@ -253,7 +265,9 @@ def _credit(campaign: Campaign, member: Member, points: int, reference: str, at:
     return grant
 
 
-def _coupon(campaign: Campaign, member: Member, reference: str, at: datetime, benefit: Any = None) -> CampaignGrant | None:
+def _coupon(
+    campaign: Campaign, member: Member, reference: str, at: datetime, benefit: Any = None
+) -> CampaignGrant | None:
     """Give one coupon once per reference, within the coupon budget and limits."""
     from campaigns.services.coupons import coupon_issue
     from points.locks import account_lock
@@ -398,7 +412,11 @@ def campaign_run(*, campaign: Campaign, at: datetime | None = None) -> int:
     """Run a scheduled campaign (coupon grant, birthday gifts, reactivation waves)
     once for today; safe to re-run. Returns grants made."""
     at = at or timezone.now()
-    if campaign.status != Campaign.Status.ACTIVE or campaign.starts_at > at or (campaign.ends_at and campaign.ends_at <= at):
+    if (
+        campaign.status != Campaign.Status.ACTIVE
+        or campaign.starts_at > at
+        or (campaign.ends_at and campaign.ends_at <= at)
+    ):
         return 0
     made = 0
     local = timezone.localtime(at)

@@ -1,8 +1,9 @@
-"""Benefits and coupons for tests.
+"""Benefits, coupons and campaigns for tests.
 
-Benefits are catalogue data an operator edits in admin, so the factory writes
-them directly; coupons are always issued through ``coupon_issue`` so that the
-stock counter and the history are what production code would write.
+Benefits and campaigns are catalogue data an operator edits in admin, so the
+factories write them directly; coupons are always issued through
+``coupon_issue`` so that the stock counter and the history are what production
+code would write.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from decimal import Decimal
 from typing import Any
 
 import factory
+from django.utils import timezone
 
-from campaigns.models import Benefit, Coupon, CouponEvent, CouponIssueRequest
+from campaigns.models import Benefit, Campaign, CampaignGrant, Coupon, CouponEvent, CouponIssueRequest
 from campaigns.services.coupons import coupon_issue
 from members.models import Member, Tier
 
@@ -113,3 +115,60 @@ def coupon_snapshot() -> dict[str, list[Any]]:
             CouponIssueRequest.objects.order_by("pk").values_list("pk", "status", "attempts", "coupon_id")
         ),
     }
+
+
+class CampaignFactory(factory.django.DjangoModelFactory):
+    """An active ×2 points multiplier running since 2026-01-01 (local), no end,
+    no budget, no limit. ``stores`` takes stores, ``tiers`` takes tier codes.
+
+    Campaigns are set up by marketing in admin, so the factory writes them
+    directly; their effects always go through ``campaigns.services.campaigns``."""
+
+    class Meta:
+        model = Campaign
+        skip_postgeneration_save = True
+
+    name = factory.Sequence(lambda n: f"会员日双倍积分-{n}")
+    kind = Campaign.Kind.MULTIPLIER
+    status = Campaign.Status.ACTIVE
+    starts_at = factory.LazyFunction(lambda: datetime(2026, 1, 1, tzinfo=timezone.get_current_timezone()))
+    multiplier = Decimal("2.00")
+
+    @factory.post_generation
+    def stores(self, create: bool, extracted: list[Any] | None, **kwargs: Any) -> None:
+        if create and extracted:
+            self.stores.set(extracted)
+
+    @factory.post_generation
+    def tiers(self, create: bool, extracted: list[str] | None, **kwargs: Any) -> None:
+        if create and extracted:
+            self.tiers.set(Tier.objects.filter(code__in=extracted))
+
+
+def spent(campaign: Campaign) -> tuple[int, int]:
+    """(points, coupons) the campaign issued, from its grants; for a campaign
+    with a budget this must also be its stored spend (the budget counters)."""
+    from django.db.models import Count, Sum
+
+    from campaigns.models import CampaignGrant
+
+    totals = CampaignGrant.objects.filter(campaign=campaign).aggregate(points=Sum("points"), coupons=Count("coupon"))
+    issued = (totals["points"] or 0, totals["coupons"] or 0)
+    stored = Campaign.objects.values_list("spent_points", "spent_coupons", "budget_points", "budget_coupons").get(
+        pk=campaign.pk
+    )
+    if stored[2] is not None:
+        assert stored[0] == issued[0], "the points budget counter matches the grants"
+    if stored[3] is not None:
+        assert stored[1] == issued[1], "the coupon budget counter matches the grants"
+    return issued
+
+
+def grants_of(campaign: Campaign) -> list[tuple[int, str, int, bool]]:
+    """(member id, reference, points, has a coupon) of the campaign's grants, in creation order."""
+    return [
+        (member_id, reference, points, coupon_id is not None)
+        for member_id, reference, points, coupon_id in CampaignGrant.objects.filter(campaign=campaign)
+        .order_by("pk")
+        .values_list("member_id", "reference", "points", "coupon_id")
+    ]
