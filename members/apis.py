@@ -309,39 +309,62 @@ class MeApi(APIView):
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
 
+    class ProfileInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=50, required=False)
+        birthday = serializers.DateField(required=False)
+        gender = serializers.ChoiceField(choices=Member.Gender.choices, required=False)
+        marketing_consent = serializers.BooleanField(required=False)
+
+        def validate_birthday(self, value: Any) -> Any:
+            return _birthday_check(value)
+
     @extend_schema(operation_id="me", tags=["member"], responses={200: MeOutputSerializer, **errors(401)})
     def get(self, request: Request) -> Response:
-        from points.selectors import qualifying_spend_get
+        return Response(me_output(request.user))
 
-        member: Member = request.user
-        spend = qualifying_spend_get(member=member)
-        next_tier = selectors.tier_next(member.tier)
-        progress = {
-            "qualifying_spend": spend,
-            "next_tier": tier_output_for(next_tier) if next_tier else None,
-            "next_threshold": next_tier.threshold if next_tier else None,
-            "remaining": max(next_tier.threshold - spend, Decimal("0.00")) if next_tier else None,
+    @extend_schema(
+        operation_id="me_update",
+        tags=["member"],
+        request=ProfileInputSerializer,
+        responses={200: MeOutputSerializer, **errors(400, 401, 409)},
+        description="Update the profile. A complete profile (name, birthday, gender) may earn a campaign bonus.",
+    )
+    def patch(self, request: Request) -> Response:
+        data = _valid(self.ProfileInputSerializer, request)
+        with transaction.atomic(durable=True):
+            member = services.member_update_profile(member=request.user, **data)
+        return Response(me_output(member))
+
+
+def me_output(member: Member) -> dict[str, Any]:
+    from points.selectors import qualifying_spend_get
+
+    spend = qualifying_spend_get(member=member)
+    next_tier = selectors.tier_next(member.tier)
+    progress = {
+        "qualifying_spend": spend,
+        "next_tier": tier_output_for(next_tier) if next_tier else None,
+        "next_threshold": next_tier.threshold if next_tier else None,
+        "remaining": max(next_tier.threshold - spend, Decimal("0.00")) if next_tier else None,
+    }
+    return MeOutputSerializer(
+        {
+            "member_no": member.member_no,
+            "name": member.name,
+            "phone": member.phone,
+            "gender": member.gender,
+            "birthday": member.birthday,
+            "status": member.status,
+            "registered_at": member.created_at,
+            "marketing_consent": member.marketing_consent,
+            "referral_code": services.member_referral_code(member=member),
+            "checked_in_today": CheckIn.objects.filter(member=member, day=timezone.localdate()).exists(),
+            "tier": tier_output(member),
+            "tier_since": member.tier_since,
+            "tier_progress": progress,
+            "points": points_summary(member),
         }
-        return Response(
-            MeOutputSerializer(
-                {
-                    "member_no": member.member_no,
-                    "name": member.name,
-                    "phone": member.phone,
-                    "gender": member.gender,
-                    "birthday": member.birthday,
-                    "status": member.status,
-                    "registered_at": member.created_at,
-                    "marketing_consent": member.marketing_consent,
-                    "referral_code": services.member_referral_code(member=member),
-                    "checked_in_today": CheckIn.objects.filter(member=member, day=timezone.localdate()).exists(),
-                    "tier": tier_output(member),
-                    "tier_since": member.tier_since,
-                    "tier_progress": progress,
-                    "points": points_summary(member),
-                }
-            ).data
-        )
+    ).data
 
 
 class MeCodeOutputSerializer(serializers.Serializer):

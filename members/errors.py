@@ -101,3 +101,8 @@ class TerminalRevoked(Conflict):
 class InvalidReferralCode(InvalidInput):
     code = "invalid_referral_code"
     message = _("This referral code is not valid.")
+
+
+class BirthdayLocked(Conflict):
+    code = "birthday_locked"
+    message = _("Your birthday is already set; ask customer service to correct it.")

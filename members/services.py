@@ -209,6 +209,9 @@ def member_enrol(
                     by_terminal=by_terminal,
                     by_user=by_user,
                 )
+            from campaigns.services.campaigns import campaigns_after_profile  # campaigns depends on members
+
+            campaigns_after_profile(member=member)
             return member, True
         except IntegrityError:
             # A concurrent enrolment with the same phone won the race.
@@ -369,6 +372,48 @@ def member_set_tier(
         tier_privileges_grant(member=member, tier=tier)
     notify_tier_changed(member, previous, tier, at=member.tier_since)
     webhook_tier_changed(member, previous, tier, reason=TierChange.Reason.MANUAL, at=member.tier_since)
+    return member
+
+
+@transaction.atomic
+def member_update_profile(
+    *,
+    member: Member,
+    name: str | None = None,
+    birthday: date | None = None,
+    gender: str | None = None,
+    marketing_consent: bool | None = None,
+) -> Member:
+    """A member edits their own profile (the mini-program). A birthday, once
+    set, cannot be changed here (birthday gifts would be gamed): that needs an
+    operator. Raises ``MemberClosed``, ``BirthdayLocked``."""
+    from members.errors import BirthdayLocked
+
+    member = _member_lock(member)
+    if member.status == Member.Status.CLOSED:
+        raise MemberClosed()
+    changed: dict[str, Any] = {}
+    if name is not None and name.strip() != member.name:
+        changed["name"] = name.strip()
+    if birthday is not None and birthday != member.birthday:
+        if member.birthday is not None:
+            raise BirthdayLocked()
+        changed["birthday"] = birthday
+    if gender is not None and gender != member.gender:
+        changed["gender"] = gender
+    if marketing_consent is not None and marketing_consent != member.marketing_consent:
+        changed["marketing_consent"] = marketing_consent
+    if not changed:
+        return member
+    for field_name, value in changed.items():
+        setattr(member, field_name, value)
+    member.save(update_fields=[*changed, "updated_at"])
+    MemberEvent.objects.create(
+        member=member, kind=MemberEvent.Kind.PROFILE_UPDATED, data={"fields": sorted(changed)}
+    )
+    from campaigns.services.campaigns import campaigns_after_profile  # campaigns depends on members
+
+    campaigns_after_profile(member=member)
     return member
 
 

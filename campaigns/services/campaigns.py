@@ -345,6 +345,25 @@ def _streak_start(member: Member, today: date) -> date | None:
     return start
 
 
+def profile_complete(member: Member) -> bool:
+    return bool(member.phone and member.name and member.birthday and member.gender != Member.Gender.UNKNOWN)
+
+
+def campaigns_after_profile(*, member: Member, at: datetime | None = None) -> int:
+    """"Profile completed" bonuses, once per member, when name, birthday and gender are all given."""
+    at = at or timezone.now()
+    if member.status != Member.Status.ACTIVE or not profile_complete(member):
+        return 0
+    given = 0
+    for campaign in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at):
+        if campaign.condition == Campaign.Condition.PROFILE_COMPLETED and _targets(
+            campaign, member=member, store=None, at=at
+        ):
+            grant = _credit(campaign, member, campaign.points, "profile_completed", at)
+            given += grant.points if grant else 0
+    return given
+
+
 def campaigns_after_check_in(*, member: Member, at: datetime) -> int:
     """Check-in streak bonuses: once per streak of ``streak_days`` consecutive
     days. A streak ends on its last day: a run of 14 consecutive check-ins is
