@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from loyalty.models import TimeStampedModel
 from members.models import Member, Store, Terminal, Tier
@@ -245,7 +246,7 @@ class CouponIssueRequest(models.Model):
     listed in admin."""
 
     class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
+        PENDING = "pending", pgettext_lazy("queue", "Pending")
         DONE = "done", _("Issued")
         FAILED = "failed", _("Failed")
 
@@ -316,7 +317,7 @@ class Campaign(TimeStampedModel):
 
     class Status(models.TextChoices):
         DRAFT = "draft", _("Draft")
-        ACTIVE = "active", _("Active")
+        ACTIVE = "active", pgettext_lazy("campaign status", "Active")
         PAUSED = "paused", _("Paused")
         ENDED = "ended", _("Ended")
 
@@ -424,7 +425,7 @@ class OutboxMessage(models.Model):
         CAMPAIGN = "campaign", _("Campaign message")
 
     class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
+        PENDING = "pending", pgettext_lazy("queue", "Pending")
         SENT = "sent", _("Sent")
         FAILED = "failed", _("Failed")
         SKIPPED = "skipped", _("Skipped")
@@ -473,7 +474,7 @@ class WebhookDelivery(models.Model):
     """One event for one endpoint; ``event_id`` is stable across retries."""
 
     class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
+        PENDING = "pending", pgettext_lazy("queue", "Pending")
         DELIVERED = "delivered", _("Delivered")
         FAILED = "failed", _("Failed")
 

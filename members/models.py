@@ -7,6 +7,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 from rest_framework_api_key.models import AbstractAPIKey
 
 from loyalty.models import TimeStampedModel
@@ -137,8 +138,8 @@ class Member(TimeStampedModel):
         CLOSED = "closed", _("Closed")
 
     class Lifecycle(models.TextChoices):
-        NEW = "new", _("New")
-        ACTIVE = "active", _("Active")
+        NEW = "new", pgettext_lazy("lifecycle", "New")
+        ACTIVE = "active", pgettext_lazy("lifecycle", "Active")
         SLEEPING = "sleeping", _("Sleeping")
         CHURNED = "churned", _("Churned")
 
@@ -156,7 +157,7 @@ class Member(TimeStampedModel):
     member_no = models.CharField(_("member number"), max_length=16, unique=True)
     # E.164; NULL once the member is closed (personal data erased).
     phone = models.CharField(_("mobile phone"), max_length=20, unique=True, null=True, blank=True)
-    name = models.CharField(_("name"), max_length=50, blank=True)
+    name = models.CharField(pgettext_lazy("person", "name"), max_length=50, blank=True)
     gender = models.CharField(_("gender"), max_length=8, choices=Gender.choices, default=Gender.UNKNOWN)
     birthday = models.DateField(_("birthday"), null=True, blank=True)
     registration_store = models.ForeignKey(
