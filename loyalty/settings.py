@@ -149,6 +149,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "campaigns.tier_privileges_monthly",
         "schedule": crontab(day_of_month=1, hour=2, minute=0),
     },
+    # 00:50 local: report rollups of the days not built yet (yesterday), the
+    # last 2 days again and days changed late (claims, offline receipts).
+    "reports-rollups": {"task": "reports.build_rollups", "schedule": crontab(hour=0, minute=50)},
+    # 1st of the month, 04:00 local: the previous month's report snapshot.
+    "reports-monthly-snapshot": {
+        "task": "reports.build_monthly_snapshot",
+        "schedule": crontab(day_of_month=1, hour=4, minute=0),
+    },
 }
 # /healthz reports beat unhealthy when its heartbeat is older than this.
 LOYALTY_HEARTBEAT_MAX_AGE_SECONDS = env.int("LOYALTY_HEARTBEAT_MAX_AGE_SECONDS", default=180)

@@ -1,0 +1,32 @@
+"""Periodic report jobs. Each is idempotent and guarded so two runs never overlap."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from dateutil.relativedelta import relativedelta
+from django.utils import timezone
+
+from loyalty.tasks import single_instance
+from reports import services
+
+# Rollups and snapshots share one lock: a snapshot reads what a build writes.
+LOCK_NAME = "reports.rollups"
+
+
+@shared_task(name="reports.build_rollups")
+def build_rollups_task() -> int:
+    """Nightly: the days not built yet (yesterday), the safety window and dirty days."""
+    with single_instance(LOCK_NAME) as acquired:
+        return len(services.rollups_build().days) if acquired else 0
+
+
+@shared_task(name="reports.build_monthly_snapshot", bind=True, max_retries=6, default_retry_delay=600)
+def build_monthly_snapshot_task(self) -> str:  # type: ignore[no-untyped-def]
+    """On the 1st: the previous month's snapshot, after making sure its days are built."""
+    month = services.month_first(timezone.localdate()) - relativedelta(months=1)
+    with single_instance(LOCK_NAME) as acquired:
+        if not acquired:
+            raise self.retry()
+        services.rollups_build()
+        snapshot = services.kpi_snapshot_build(month=month)
+    return f"{snapshot.month:%Y-%m}"
