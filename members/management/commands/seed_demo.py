@@ -15,6 +15,8 @@ class Command(BaseCommand):
         if Heartbeat.objects.filter(name="seed_demo").exists() and not options["force"]:
             self.stdout.write("Demo data already seeded; keeping it.")
             return
+        from datetime import timedelta
+
         from django.utils import timezone
 
         stores, keys = demo.seed_stores_and_terminals()
@@ -29,6 +31,12 @@ class Command(BaseCommand):
         self.stdout.write(seed_catalogue_and_campaigns())
         result = segments_compute()
         self.stdout.write(f"Computed lifecycle stages and RFM scores ({result.updated} members updated).")
+        from reports.services import kpi_snapshot_build, month_first, rollups_build
+
+        rollups_build()
+        last_month = month_first(month_first(timezone.localdate()) - timedelta(days=1))
+        kpi_snapshot_build(month=last_month)
+        self.stdout.write(f"Built report rollups and the {last_month:%Y-%m} snapshot.")
         Heartbeat.objects.update_or_create(name="seed_demo", defaults={"at": timezone.now()})
         if keys:
             self.stdout.write("Terminal API keys (shown once):")
