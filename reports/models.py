@@ -135,7 +135,6 @@ class MonthlyMemberActivity(models.Model):
                 name="member_activity_unique_cell",
             ),
         ]
-        indexes = [models.Index(fields=["member", "month"], name="member_activity_member_idx")]
 
     def __str__(self) -> str:
         return f"{self.month:%Y-%m} {self.member_id}: {self.purchases}"
@@ -185,6 +184,25 @@ class MonthlyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.month:%Y-%m} {self.scope} {self.store_id}/{self.tier_id}"
+
+
+class RollupMonth(models.Model):
+    """When the ``MonthlyRollup`` rows of a month were computed, as of which
+    moment, and the highest ids of the source tables then: a later run skips
+    the month while no row dated before ``as_of`` has arrived since."""
+
+    month = models.DateField(_("month"), primary_key=True)
+    as_of = models.DateTimeField(_("as of"))
+    built_at = models.DateTimeField(_("built at"))
+    watermarks = models.JSONField(_("watermarks"), default=dict)
+
+    class Meta:
+        verbose_name = _("rolled-up month")
+        verbose_name_plural = _("rolled-up months")
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m}"
 
 
 class CohortActivity(models.Model):

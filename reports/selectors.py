@@ -58,8 +58,10 @@ Who counts where ("by store" and "by tier"):
   they had at the moment of the entry or coupon event;
 * upgrades and downgrades: the registration store and the tier moved into.
 
-A member's tier at a moment is the one before their first ``TierChange`` at or
-after it, or their current tier when none followed.
+A member without a registration store, a purchase without a tier and a bearer
+coupon count in the totals only. A member's tier at a moment is the one before
+their first ``TierChange`` at or after it, or their current tier when none
+followed (``TierChange.created_at`` is when the change was recorded).
 
 ``kpis_monthly`` reads the rollups (``reports.services.rollups_build``) only;
 ``kpis_monthly_raw`` computes the same figures from the raw rows with other
@@ -233,10 +235,16 @@ def _scope(store_id: int | None, tier_id: int | None, by: str | None) -> str:
 
 
 def _rollup_kpis(
-    months: list[date], *, store_id: int | None, tier_id: int | None, by: str | None
+    months: list[date],
+    *,
+    store_id: int | None,
+    tier_id: int | None,
+    by: str | None,
+    keys: list[int | None] | None = None,
 ) -> dict[tuple[date, int | None], dict[str, Any]]:
-    """KPIs of every (month, key) from the rollups in three queries; the key is
-    the store or tier id when ``by`` is "store" or "tier", else None."""
+    """KPIs of every (month, key) from the rollups, in four queries whatever
+    the number of months and keys; a key is a store or tier id when ``by`` is
+    "store" or "tier" (``keys``: which ones), else None."""
     tiers = _tiers()
     cells: Q = Q()
     if store_id is not None:
@@ -274,13 +282,8 @@ def _rollup_kpis(
             "members_at_month_end"
         ]
 
-    keys: list[int | None]
-    if by == "store":
-        keys = [store_id] if store_id is not None else list(Store.objects.order_by("code").values_list("pk", flat=True))
-    elif by == "tier":
-        keys = [tier_id] if tier_id is not None else [pk for pk, _, _ in tiers]
-    else:
-        keys = [None]
+    if keys is None:
+        keys = [pk for pk, _, _ in tiers] if by == "tier" else [None]
     result = {}
     for month in months:
         for key in keys:
@@ -312,11 +315,11 @@ def kpis_trend(
 def kpis_by_store(*, month: date, tier: Tier | str | None = None) -> list[dict[str, Any]]:
     """``{"store_code", "store_name", **kpis_monthly}`` for every store, by code."""
     month = month_first(month)
-    figures = _rollup_kpis([month], store_id=None, tier_id=_tier_id(tier), by="store")
-    return [
-        {"store_code": code, "store_name": name, **figures[(month, pk)]}
-        for pk, code, name in Store.objects.order_by("code").values_list("pk", "code", "name")
-    ]
+    stores = list(Store.objects.order_by("code").values_list("pk", "code", "name"))
+    figures = _rollup_kpis(
+        [month], store_id=None, tier_id=_tier_id(tier), by="store", keys=[pk for pk, _, _ in stores]
+    )
+    return [{"store_code": code, "store_name": name, **figures[(month, pk)]} for pk, code, name in stores]
 
 
 def kpis_by_tier(*, month: date, store: Store | str | None = None) -> list[dict[str, Any]]:
@@ -667,46 +670,73 @@ def campaign_results_for_month(*, month: date) -> list[dict[str, Any]]:
     return [{"campaign": campaign.name, **campaign_results(campaign=campaign)} for campaign in campaigns]
 
 
+RFM_CACHE_SECONDS = 2 * 24 * 3600
+
+
+def _rfm_figures(*, store_id: int | None, as_of: datetime) -> dict[str, tuple[Any, ...]]:
+    """(members, average recency days, average frequency, average monetary) by group."""
+    store_filter = " AND m.registration_store_id = %(store_id)s" if store_id is not None else ""
+    params = {
+        "store_id": store_id,
+        "since": as_of - relativedelta(months=settings.LOYALTY_RFM_MONTHS),
+        "as_of": as_of,
+        "today": timezone.localdate(as_of, timezone.get_default_timezone()),
+        "tz": timezone.get_default_timezone_name(),
+    }
+    members = {
+        group: (count, recency)
+        for group, count, recency in _fetch(
+            "SELECT m.rfm_group, COUNT(*), AVG(%(today)s - (m.last_purchase_at AT TIME ZONE %(tz)s)::date) "
+            "FROM members_member m WHERE m.status <> 'closed' AND m.rfm_group <> ''" + store_filter
+            + " GROUP BY m.rfm_group",
+            params,
+        )
+    }
+    # Summed by group directly: a group's average is its total over its members.
+    bought = {
+        group: (count, amount)
+        for group, count, amount in _fetch(
+            "SELECT m.rfm_group, COUNT(*), SUM(p.amount - p.refunded_amount) "
+            "FROM points_purchase p JOIN members_member m ON m.id = p.member_id "
+            "WHERE m.status <> 'closed' AND m.rfm_group <> ''" + store_filter
+            + " AND p.refunded_amount < p.amount AND p.paid_at > %(since)s AND p.paid_at <= %(as_of)s"
+            " GROUP BY m.rfm_group",
+            params,
+        )
+    }
+    figures = {}
+    for group, (count, recency) in members.items():
+        purchases, amount = bought.get(group, (0, 0))
+        figures[group] = (count, recency, Decimal(purchases) / count, Decimal(amount or 0) / count)
+    return figures
+
+
 def rfm_segment_map(*, store: Store | str | None = None) -> list[dict[str, Any]]:
     """Members (not closed) of each RFM group as the nightly segmentation last
     assigned it, with the raw values behind the scores as of that run: local
     days since the last purchase, purchases not fully refunded and net spend
     over ``LOYALTY_RFM_MONTHS`` (averages, 1 / 2 / 2 places; None for an empty
     group). Every group is listed, in the order of ``Member.RfmGroup``;
-    optionally for members registered at ``store``."""
+    optionally for members registered at ``store``.
+
+    The figures only change with a segmentation run, and the chain's take
+    seconds at a million members: they are cached per run (and warmed by the
+    nightly rollup task)."""
+    from django.core.cache import cache
+
     from loyalty.models import Heartbeat
 
     beat = Heartbeat.objects.filter(name="segments_compute").first()
-    as_of = datetime.fromisoformat(beat.detail["as_of"]) if beat and beat.detail.get("as_of") else timezone.now()
+    as_of = datetime.fromisoformat(beat.detail["as_of"]) if beat and beat.detail.get("as_of") else None
     store_id = _store_id(store)
-    rows = _fetch(
-        """
-        WITH scored AS (
-            SELECT m.id, m.rfm_group, m.last_purchase_at FROM members_member m
-            WHERE m.status <> 'closed' AND m.rfm_group <> ''"""
-        + (" AND m.registration_store_id = %(store_id)s" if store_id is not None else "")
-        + """
-        ), bought AS (
-            SELECT p.member_id, COUNT(*) AS frequency, SUM(p.amount - p.refunded_amount) AS monetary
-            FROM points_purchase p JOIN scored s ON s.id = p.member_id
-            WHERE p.refunded_amount < p.amount AND p.paid_at > %(since)s AND p.paid_at <= %(as_of)s
-            GROUP BY p.member_id
-        )
-        SELECT s.rfm_group, COUNT(*),
-               AVG(%(today)s - (s.last_purchase_at AT TIME ZONE %(tz)s)::date),
-               AVG(COALESCE(b.frequency, 0)), AVG(COALESCE(b.monetary, 0))
-        FROM scored s LEFT JOIN bought b ON b.member_id = s.id
-        GROUP BY s.rfm_group
-        """,
-        {
-            "store_id": store_id,
-            "since": as_of - relativedelta(months=settings.LOYALTY_RFM_MONTHS),
-            "as_of": as_of,
-            "today": timezone.localdate(as_of, timezone.get_default_timezone()),
-            "tz": timezone.get_default_timezone_name(),
-        },
-    )
-    found = {row[0]: row[1:] for row in rows}
+    if as_of is None:
+        found = _rfm_figures(store_id=store_id, as_of=timezone.now())
+    else:
+        key = f"reports:rfm:{as_of.isoformat()}:{store_id or 'all'}"
+        found = cache.get(key)
+        if found is None:
+            found = _rfm_figures(store_id=store_id, as_of=as_of)
+            cache.set(key, found, RFM_CACHE_SECONDS)
 
     def rounded(value: Any, places: str) -> Decimal | None:
         return None if value is None else Decimal(value).quantize(Decimal(places), rounding=ROUND_HALF_UP)

@@ -1,35 +1,39 @@
+# ruff: noqa: S608 - SQL here is composed of constant fragments only; every value is a bound parameter.
 """Builds the report rollups and the monthly snapshots.
 
-``rollups_build`` is the nightly job (beat ``reports-rollups``, 00:50 local,
-after the expiry jobs): set-based SQL in the style of ``points.batch``, one
-transaction per run of consecutive days within a month. It builds
+``rollups_build`` is the nightly job (beat ``reports-rollups``, 00:50 local):
+set-based SQL in the style of ``points.batch``, one transaction per run of
+consecutive days within a month, and one per month. It builds
 
-* every local day not built yet, plus a safety re-build of the last two
-  days, plus the days that rows recorded since the previous run changed
-  after the fact ("dirty" days: a purchase queued offline or imported with an
-  old ``paid_at``, a receipt claimed late, a member imported with an old
-  registration date). A day is rebuilt by delete + insert, so a re-run
-  changes nothing and leaves no duplicates;
-* ``DailyRollup`` (additive figures by day, store and tier),
+* the local days not built yet, a safety re-build of the last two days, and
+  the "dirty" days: days on which rows that arrived since the previous run
+  are dated (every source table's highest id is recorded by each run), such
+  as a purchase queued offline or imported with an old ``paid_at`` and its
+  ledger entries, or a member imported with their registration date; and the
+  paid days of receipts claimed since. A day is rebuilt by delete + insert,
+  so a re-run changes nothing and leaves no duplicates;
+* for those days, ``DailyRollup`` (additive figures by day, store and tier),
   ``ExpiryCohortRollup`` (expired points by earning month) and the
-  ``MonthlyMemberActivity`` rows of the members who bought on those days;
-* then ``MonthlyRollup`` and ``CohortActivity`` for every month from the
-  earliest rebuilt day's month to the current one: distinct and month-end
-  figures, as of the month's end (or, for the current month, as of the end
-  of the last built day), computed from the current state minus what
-  happened since then, so that a recent month costs little whatever the
-  size of the history.
+  ``MonthlyMemberActivity`` rows of the members who bought on them;
+* then ``MonthlyRollup`` and ``CohortActivity`` for the months from the
+  earliest rebuilt day's to the current one: distinct and month-end figures
+  as of the month's end (for the current month, the end of the last built
+  day), computed from the current state minus what happened since then, so
+  that a recent month costs the same whatever the length of the history.
+  Every month from the first new or dirty day's on is recomputed (month-end
+  figures carry over); a month rebuilt only for the safety window is skipped
+  when it was computed as of the same moment and no row dated before that
+  moment has arrived since (``RollupMonth``).
 
-Only whole days are built (``until`` is at most today, exclusive), so a
-day's figures never change once the day is over, except through the dirty
-days above. Rows of a transaction still in flight when a run reads its
-watermarks are caught by the next run's safety window only if they are
-dated within it; ``manage.py build_rollups --since`` rebuilds anything else.
+Only whole days are built (``until`` is at most today, exclusive). Rows of a
+transaction still in flight while a run reads its watermarks are seen by the
+next run only if dated within its safety window; ``manage.py build_rollups
+--since`` rebuilds anything else, e.g. after an operator edits a member's
+registration store (figures by store use the current one).
 
-The month-end stock figures read ``PointsAccount.balance`` and
-``PointsLot.remaining``: they rely on the ledger invariants that
-``check_ledger`` verifies every night (balance = sum of entries, remaining =
-original + allocations).
+The month-end points read ``PointsAccount.balance`` and ``PointsLot.remaining``:
+they rely on the ledger invariants ``check_ledger`` verifies every night
+(balance = sum of entries, remaining = original + allocations).
 """
 
 from __future__ import annotations
@@ -47,13 +51,16 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from loyalty.models import Heartbeat
-from reports.models import MonthlyKpiSnapshot
+from reports.models import MonthlyKpiSnapshot, RollupDay, RollupMonth
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_NAME = "reports_rollups"
 # Days always rebuilt before ``until``, whether built already or not.
 SAFETY_DAYS = 2
+# Memory for the sorts and hashes of one build transaction (over the whole
+# membership: hashing beats spilling to disk by a wide margin).
+BUILD_WORK_MEM = "256MB"
 # Rows recorded this long before the previous run started count as seen by it
 # only if they were committed then; anything younger is looked at again.
 WATERMARK_MARGIN = timedelta(minutes=10)
@@ -142,24 +149,47 @@ SELECT (LEAST(
 ) AT TIME ZONE %(tz)s)::date
 """
 
-_WATERMARKS_SQL = """
-SELECT (SELECT COALESCE(MAX(id), 0) FROM points_purchase),
-       (SELECT COALESCE(MAX(id), 0) FROM members_memberevent)
-"""
+# The tables whose rows the rollups read, with the time each row is dated
+# by. Their highest ids are recorded by each run ("watermarks"): a row with a
+# higher id arrived later, whatever its date.
+DATED_TABLES: dict[str, tuple[str, str]] = {
+    "purchase": ("points_purchase", "paid_at"),
+    "refund": ("points_refund", "created_at"),
+    "entry": ("points_pointsentry", "created_at"),
+    "coupon": ("campaigns_coupon", "issued_at"),
+    "coupon_event": ("campaigns_couponevent", "created_at"),
+    "tier_change": ("members_tierchange", "created_at"),
+    "member": ("members_member", "created_at"),
+}
+# Those that month-end figures (``MonthlyRollup``) depend on.
+MONTH_TABLES = ("purchase", "refund", "entry", "tier_change", "member")
 
-# Local days whose figures changed after they were built: purchases recorded
-# since (offline, imported) or claimed since, members enrolled since with an
-# earlier registration date (imports).
-_DIRTY_DAYS_SQL = """
-SELECT DISTINCT (paid_at AT TIME ZONE %(tz)s)::date FROM points_purchase WHERE id > %(purchase_id)s
+
+def _watermarks_sql(names: Iterable[str]) -> str:
+    return "SELECT " + ", ".join(
+        f"(SELECT COALESCE(MAX(id), 0) FROM {DATED_TABLES[name][0]})" for name in names
+    )
+
+
+def _arrived_sql(name: str) -> str:
+    """Rows of a table that arrived after its watermark, with their date;
+    OFFSET 0 keeps the scan on the primary key (the few new rows)."""
+    table, column = DATED_TABLES[name]
+    return f"(SELECT {column} AS at FROM {table} WHERE id > %({name})s OFFSET 0)"
+
+
+# Local days whose figures changed after they were built: rows that arrived
+# since the previous run dated on them (a purchase queued offline or imported,
+# a member imported with their registration date...), and purchases claimed
+# since (a claim changes an existing row).
+_DIRTY_DAYS_SQL = (
+    "\nUNION\n".join(f"SELECT DISTINCT (at AT TIME ZONE %(tz)s)::date FROM {_arrived_sql(name)} x" for name in DATED_TABLES)
+    + """
 UNION
 SELECT DISTINCT (paid_at AT TIME ZONE %(tz)s)::date FROM points_purchase
 WHERE paid_at >= %(claims_from)s AND claimed_at >= %(since)s
-UNION
-SELECT DISTINCT (m.created_at AT TIME ZONE %(tz)s)::date
-FROM members_memberevent e JOIN members_member m ON m.id = e.member_id
-WHERE e.id > %(event_id)s AND e.kind = 'enrolled'
 """
+)
 
 
 def _branch(columns: dict[str, str], body: str) -> str:
@@ -249,7 +279,7 @@ UNION ALL
 {_TIER_MOVES}
 ) cells
 GROUP BY day, store_id, tier_id
-"""  # noqa: S608 - built from constants; every value is a bound parameter
+"""
 
 _EXPIRY_COHORT_SQL = """
 INSERT INTO reports_expirycohortrollup (day, cohort, points)
@@ -269,7 +299,7 @@ WHERE member_id IS NOT NULL AND paid_at >= %(lo)s AND paid_at < %(hi)s
 _ACTIVITY_DELETE_SQL = f"""
 DELETE FROM reports_monthlymemberactivity
 WHERE month = %(month)s AND member_id IN ({_ACTIVITY_TOUCHED})
-"""  # noqa: S608 - constant SQL
+"""
 # A member's whole month is recounted (purchases of other days included), up to the built boundary.
 _ACTIVITY_INSERT_SQL = f"""
 INSERT INTO reports_monthlymemberactivity (month, member_id, store_id, tier_id, purchases)
@@ -277,7 +307,7 @@ SELECT %(month)s, p.member_id, p.store_id, p.tier_id, COUNT(*)
 FROM points_purchase p
 WHERE p.member_id IN ({_ACTIVITY_TOUCHED}) AND p.paid_at >= %(month_lo)s AND p.paid_at < %(bound)s
 GROUP BY p.member_id, p.store_id, p.tier_id
-"""  # noqa: S608 - constant SQL
+"""
 
 _DAYS_MARK_SQL = """
 INSERT INTO reports_rollupday (day, built_at)
@@ -361,13 +391,24 @@ WITH later_changes AS (
            COUNT(*) FILTER (WHERE is_member AND stage = 'churned') AS churned
     FROM state
     GROUP BY GROUPING SETS ((store_id, tier_id), (store_id), (tier_id), ())
-), member_activity AS (
-    SELECT GROUPING(store_id, tier_id) AS g, store_id, tier_id, member_id, SUM(purchases) AS purchases
-    FROM reports_monthlymemberactivity WHERE month = %(month)s
-    GROUP BY GROUPING SETS ((member_id, store_id, tier_id), (member_id, store_id), (member_id, tier_id), (member_id))
+), activity AS (
+    SELECT member_id, store_id, tier_id, purchases FROM reports_monthlymemberactivity WHERE month = %(month)s
 ), activity_cells AS (
-    SELECT g, store_id, tier_id, COUNT(*) AS active, COUNT(*) FILTER (WHERE purchases >= 2) AS repeat
-    FROM member_activity GROUP BY g, store_id, tier_id
+    -- Distinct members per cell: activity rows are unique per (member, store,
+    -- tier); the coarser cells first add up each member's purchases.
+    SELECT 0 AS g, store_id, tier_id, COUNT(*) AS active, COUNT(*) FILTER (WHERE purchases >= 2) AS repeat
+    FROM activity GROUP BY store_id, tier_id
+    UNION ALL
+    SELECT 1, store_id, NULL, COUNT(*), COUNT(*) FILTER (WHERE n >= 2)
+    FROM (SELECT member_id, store_id, SUM(purchases) AS n FROM activity GROUP BY member_id, store_id) x
+    GROUP BY store_id
+    UNION ALL
+    SELECT 2, NULL, tier_id, COUNT(*), COUNT(*) FILTER (WHERE n >= 2)
+    FROM (SELECT member_id, tier_id, SUM(purchases) AS n FROM activity GROUP BY member_id, tier_id) x
+    GROUP BY tier_id
+    UNION ALL
+    SELECT 3, NULL, NULL, COUNT(*), COUNT(*) FILTER (WHERE n >= 2)
+    FROM (SELECT member_id, SUM(purchases) AS n FROM activity GROUP BY member_id) x
 ), cells AS (
     SELECT COALESCE(mc.g, ac.g) AS g,
            COALESCE(mc.store_id, ac.store_id) AS store_id,
@@ -390,6 +431,11 @@ FROM cells
 WHERE NOT (g IN (0, 1) AND store_id IS NULL) AND NOT (g IN (0, 2) AND tier_id IS NULL)
 """
 
+# A month's figures change when a row dated before its as_of arrives.
+_MONTH_CHANGED_SQL = "SELECT " + "\n    OR ".join(
+    f"EXISTS (SELECT 1 FROM {_arrived_sql(name)} x WHERE at < %(as_of)s)" for name in MONTH_TABLES
+)
+
 _COHORT_SQL = """
 INSERT INTO reports_cohortactivity (cohort, month, members)
 SELECT date_trunc('month', m.created_at AT TIME ZONE %(tz)s)::date, %(month)s, COUNT(DISTINCT a.member_id)
@@ -406,6 +452,7 @@ GROUP BY 1
 class RollupResult:
     days: list[date] = field(default_factory=list)
     months: list[date] = field(default_factory=list)
+    months_unchanged: list[date] = field(default_factory=list)
     seconds: float = 0.0
     max_day_run_seconds: float = 0.0
     max_month_seconds: float = 0.0
@@ -417,17 +464,17 @@ def _first_data_day(cursor: Any) -> date | None:
 
 
 def _dirty_days(cursor: Any, previous: dict[str, Any]) -> set[date]:
-    if not previous.get("started_at"):
+    watermarks = previous.get("watermarks") or {}
+    if not previous.get("started_at") or set(watermarks) != set(DATED_TABLES):
         return set()
     since = datetime.fromisoformat(previous["started_at"]) - WATERMARK_MARGIN
     cursor.execute(
         _DIRTY_DAYS_SQL,
         {
             "tz": _tz(),
-            "purchase_id": previous.get("purchase_id", 0),
-            "event_id": previous.get("member_event_id", 0),
             "since": since,
             "claims_from": since - timedelta(days=settings.LOYALTY_CLAIM_WINDOW_DAYS + 1),
+            **watermarks,
         },
     )
     return {row[0] for row in cursor.fetchall()}
@@ -448,6 +495,7 @@ def _build_day_run(cursor: Any, *, first: date, end: date, bound: datetime, buil
         "last": end - timedelta(days=1),
         "built_at": built_at,
     }
+    cursor.execute("SET LOCAL work_mem = %s", [BUILD_WORK_MEM])
     cursor.execute("DELETE FROM reports_dailyrollup WHERE day >= %(first)s AND day <= %(last)s", params)
     cursor.execute(_DAILY_SQL, params)
     cursor.execute("DELETE FROM reports_expirycohortrollup WHERE day >= %(first)s AND day <= %(last)s", params)
@@ -472,6 +520,16 @@ def lifecycle_thresholds(as_of: datetime) -> dict[str, datetime]:
     }
 
 
+def _month_unchanged(cursor: Any, *, month: date, as_of: datetime) -> bool:
+    """Whether the month's rollups, computed as of ``as_of`` already, would
+    come out the same: no row dated before ``as_of`` arrived since."""
+    state = RollupMonth.objects.filter(month=month, as_of=as_of).first()
+    if state is None or set(state.watermarks) != set(MONTH_TABLES):
+        return False
+    cursor.execute(_MONTH_CHANGED_SQL, {"as_of": as_of, **state.watermarks})
+    return not cursor.fetchone()[0]
+
+
 def _build_month(cursor: Any, *, month: date, as_of: datetime, built_at: datetime) -> None:
     month_lo, next_lo = month_bounds(month)
     params = {
@@ -484,10 +542,17 @@ def _build_month(cursor: Any, *, month: date, as_of: datetime, built_at: datetim
         "built_at": built_at,
         **lifecycle_thresholds(as_of),
     }
+    # Read before computing: a row committed meanwhile is looked at again next time.
+    cursor.execute(_watermarks_sql(MONTH_TABLES))
+    watermarks = dict(zip(MONTH_TABLES, cursor.fetchone(), strict=True))
+    cursor.execute("SET LOCAL work_mem = %s", [BUILD_WORK_MEM])
     cursor.execute("DELETE FROM reports_monthlyrollup WHERE month = %(month)s", params)
     cursor.execute(_MONTHLY_SQL, params)
     cursor.execute("DELETE FROM reports_cohortactivity WHERE month = %(month)s", params)
     cursor.execute(_COHORT_SQL, params)
+    RollupMonth.objects.update_or_create(
+        month=month, defaults={"as_of": as_of, "built_at": built_at, "watermarks": watermarks}
+    )
 
 
 def rollups_build(*, until: date | None = None, since: date | None = None) -> RollupResult:
@@ -496,7 +561,9 @@ def rollups_build(*, until: date | None = None, since: date | None = None) -> Ro
     built): the days not built yet, the last ``SAFETY_DAYS`` days and the
     dirty days (see the module docstring); with ``since``, every day from
     ``since`` on is rebuilt. Then the monthly rollups of every month from the
-    earliest rebuilt day's to ``until``'s.
+    earliest rebuilt day's to ``until``'s, except a month already computed as
+    of the same moment that no row dated before that moment has reached since
+    (``result.months_unchanged``; usually last month, on the 2nd).
 
     Safe to re-run: each run of days and each month is replaced in one
     transaction (delete + insert). Must not run twice at once (the task and
@@ -509,24 +576,32 @@ def rollups_build(*, until: date | None = None, since: date | None = None) -> Ro
     previous_detail = previous.detail if previous is not None else {}
     result = RollupResult()
     with connection.cursor() as cursor:
-        cursor.execute(_WATERMARKS_SQL)
-        purchase_id, member_event_id = cursor.fetchone()
+        cursor.execute(_watermarks_sql(DATED_TABLES))
+        watermarks = dict(zip(DATED_TABLES, cursor.fetchone(), strict=True))
         first_day = _first_data_day(cursor)
-        dirty = _dirty_days(cursor, previous_detail) if since is None else set()
+        dirty = _dirty_days(cursor, previous_detail)
         cursor.execute("SELECT MAX(day) FROM reports_rollupday")
         (last_built,) = cursor.fetchone()
+    # Built days made dirty that this run does not reach (``until`` in the
+    # past): the next run must still find them, so the previous watermarks stay.
+    seen_from = started.isoformat()
+    if last_built is not None and any(until <= day <= last_built for day in dirty):
+        watermarks, seen_from = previous_detail["watermarks"], previous_detail["started_at"]
     days: set[date] = set()
+    # Months from this one on are recomputed whatever their state (their days
+    # were new or dirty: the month-end figures of every later month move too).
+    changed_from: date | None = None
     if first_day is not None and first_day < until:
+        changed = {day for day in dirty if first_day <= day < until}
         if since is not None:
-            days = set(_days(max(since, first_day), until))
+            changed |= set(_days(max(since, first_day), until))
+            days = set(changed)
         else:
-            from reports.models import RollupDay
-
             built = set(RollupDay.objects.filter(day__gte=first_day, day__lt=until).values_list("day", flat=True))
-            days = {day for day in _days(first_day, until) if day not in built}
-            days |= {until - timedelta(days=n) for n in range(1, SAFETY_DAYS + 1)}
-            days |= dirty
-            days = {day for day in days if first_day <= day < until}
+            changed |= {day for day in _days(first_day, until) if day not in built}
+            safety = {until - timedelta(days=n) for n in range(1, SAFETY_DAYS + 1)}
+            days = changed | {day for day in safety if first_day <= day}
+        changed_from = month_first(min(changed)) if changed else None
     if days:
         # Days after ``until`` built by an earlier run stay built: the boundary
         # of the current month's figures is the latest built day's end.
@@ -538,12 +613,17 @@ def rollups_build(*, until: date | None = None, since: date | None = None) -> Ro
                 _build_day_run(cursor, first=first, end=end, bound=bound, built_at=started)
             result.max_day_run_seconds = max(result.max_day_run_seconds, clock.monotonic() - run_started)
         result.days = sorted(days)
-        result.months = months_between(min(days), until - timedelta(days=1))
-        for month in result.months:
-            month_started = clock.monotonic()
+        for month in months_between(min(days), until - timedelta(days=1)):
             as_of = min(local_midnight(month_next(month)), bound)
             with transaction.atomic(), connection.cursor() as cursor:
+                if (changed_from is None or month < changed_from) and _month_unchanged(
+                    cursor, month=month, as_of=as_of
+                ):
+                    result.months_unchanged.append(month)
+                    continue
+                month_started = clock.monotonic()
                 _build_month(cursor, month=month, as_of=as_of, built_at=started)
+            result.months.append(month)
             result.max_month_seconds = max(result.max_month_seconds, clock.monotonic() - month_started)
     result.seconds = clock.monotonic() - started_clock
     Heartbeat.objects.update_or_create(
@@ -551,12 +631,12 @@ def rollups_build(*, until: date | None = None, since: date | None = None) -> Ro
         defaults={
             "at": timezone.now(),
             "detail": {
-                "started_at": started.isoformat(),
+                "started_at": seen_from,
                 "until": until.isoformat(),
-                "purchase_id": purchase_id,
-                "member_event_id": member_event_id,
+                "watermarks": watermarks,
                 "days": len(result.days),
                 "months": [month.isoformat() for month in result.months],
+                "months_unchanged": [month.isoformat() for month in result.months_unchanged],
                 "seconds": round(result.seconds, 3),
             },
         },

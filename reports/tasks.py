@@ -7,7 +7,7 @@ from dateutil.relativedelta import relativedelta
 from django.utils import timezone
 
 from loyalty.tasks import single_instance
-from reports import services
+from reports import selectors, services
 
 # Rollups and snapshots share one lock: a snapshot reads what a build writes.
 LOCK_NAME = "reports.rollups"
@@ -15,9 +15,14 @@ LOCK_NAME = "reports.rollups"
 
 @shared_task(name="reports.build_rollups")
 def build_rollups_task() -> int:
-    """Nightly: the days not built yet (yesterday), the safety window and dirty days."""
+    """Nightly: the days not built yet (yesterday), the safety window and dirty
+    days; then warms the dashboard's RFM map of the night's segmentation."""
     with single_instance(LOCK_NAME) as acquired:
-        return len(services.rollups_build().days) if acquired else 0
+        if not acquired:
+            return 0
+        days = len(services.rollups_build().days)
+    selectors.rfm_segment_map()
+    return days
 
 
 @shared_task(name="reports.build_monthly_snapshot", bind=True, max_retries=6, default_retry_delay=600)

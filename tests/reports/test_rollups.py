@@ -13,6 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from campaigns.models import Coupon
 from loyalty.models import Heartbeat
 from members.models import Store
 from reports.models import (
@@ -96,7 +97,7 @@ def test_rerun_and_full_rebuild_give_the_same_rows_and_no_duplicates():
     assert first.days[-1] == date(2026, 4, 30)
     assert len(first.days) == len(rebuilt.days) == (date(2026, 5, 1) - date(2025, 6, 1)).days
     assert again.days == [date(2026, 4, 29), date(2026, 4, 30)]  # only the safety window
-    assert again.months == [date(2026, 4, 1)]
+    assert (again.months, again.months_unchanged) == ([], [date(2026, 4, 1)])
     assert len(built["daily"]) == len({(row[0], row[1], row[2]) for row in built["daily"]})
 
 
@@ -197,6 +198,64 @@ def test_late_claim_and_offline_purchase_rebuild_their_past_days():
     assert sum(kpis_monthly(month=m)["purchases"] for m in {month_first(claimed_day), month_first(offline_day)}) == 2
 
 
+def test_a_rebuild_of_an_earlier_range_leaves_later_dirty_days_to_the_next_run():
+    # given the rollups built through yesterday, then a purchase paid 6 days ago recorded now
+    from members.selectors import IdentifiedMember
+    from points.services import purchase_record
+
+    h, _ = _recent_history()
+    rollups_build()
+    today = timezone.localdate()
+    paid = timezone.now() - timedelta(days=6)
+    purchase_record(
+        store=h.stores["SH001"],
+        terminal=None,
+        receipt_no="M-1",
+        amount=Decimal("60.00"),
+        paid_at=paid,
+        identified=IdentifiedMember(member=h.member("A"), code_step=None, offline=True),
+    )
+    # when an operator rebuilds an earlier range first
+    manual = rollups_build(since=today - timedelta(days=20), until=today - timedelta(days=8))
+    nightly = rollups_build()
+    # then the purchase's day is left to, and found by, the next run
+    assert timezone.localdate(paid) not in manual.days
+    assert timezone.localdate(paid) in nightly.days
+    month = month_first(timezone.localdate(paid))
+    assert kpis_monthly(month=month) == kpis_monthly_raw(month=month, as_of=min(month_bounds(month)[1], local_midnight(today)))
+
+
+def test_rows_dated_in_the_past_rebuild_their_day_and_month_but_unchanged_months_are_skipped():
+    # given the seeded history built through April; a re-run leaves March alone
+    seed_history()
+    rollups_build(until=SEED_UNTIL)
+    assert rollups_build(until=SEED_UNTIL).months == []
+    # when an operator's coupon and a bonus are recorded now but dated 10 March
+    from campaigns.services.coupons import coupon_issue
+    from members.models import Member
+    from points.models import PointsEntry
+    from points.services import Refs, points_credit
+
+    member = Member.objects.get(name="会员B")
+    coupon_issue(
+        benefit=Coupon.objects.filter(member=member).first().benefit,
+        member=member,
+        source="operator",
+        at=local(2026, 3, 10, 9),
+        check_eligibility=False,
+    )
+    points_credit(
+        member=member, points=30, kind=PointsEntry.Kind.BONUS, refs=Refs(source="operator"), at=local(2026, 3, 10, 9)
+    )
+    result = rollups_build(until=SEED_UNTIL)
+    # then 10 March and every month from March on are rebuilt
+    assert result.days == [date(2026, 3, 10), date(2026, 4, 29), date(2026, 4, 30)]
+    assert result.months == [date(2026, 3, 1), date(2026, 4, 1)]
+    for month in (date(2026, 3, 1), date(2026, 4, 1)):
+        assert kpis_monthly(month=month) == kpis_monthly_raw(month=month)
+    assert kpis_monthly(month=date(2026, 3, 1))["coupons_issued"] == 1
+
+
 def test_member_import_with_an_old_registration_date_rebuilds_the_months_since():
     # given rollups built through yesterday for a chain with one member
     from members.imports import member_import_csv
@@ -230,7 +289,10 @@ def test_build_records_its_run_for_health_and_the_next_run():
     beat = Heartbeat.objects.get(name="reports_rollups")
     assert beat.detail["until"] == "2026-05-01"
     assert beat.detail["days"] == 334
-    assert beat.detail["purchase_id"] > 0
+    assert beat.detail["watermarks"]["purchase"] > 0
+    assert set(beat.detail["watermarks"]) == {
+        "purchase", "refund", "entry", "coupon", "coupon_event", "tier_change", "member"
+    }
     assert beat.detail["months"][-1] == "2026-04-01"
 
 
