@@ -44,6 +44,7 @@ from members.errors import InvalidPhone
 from members.models import (
     Member,
     MemberEvent,
+    MemberTag,
     StaffProfile,
     Store,
     Terminal,
@@ -246,6 +247,23 @@ class ReasonForm(forms.Form):
     )
 
 
+class TagForm(forms.Form):
+    tags = forms.ModelMultipleChoiceField(
+        queryset=MemberTag.objects.none(), label=_("Tags"), required=False, widget=forms.CheckboxSelectMultiple
+    )
+    new_tag = forms.CharField(label=_("New tag"), max_length=50, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tags"].queryset = MemberTag.objects.order_by("name")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not data.get("tags") and not (data.get("new_tag") or "").strip():
+            raise forms.ValidationError(_("Choose a tag or type a new one."))
+        return data
+
+
 class TierSetForm(ReasonForm):
     tier = forms.ModelChoiceField(queryset=Tier.objects.none(), label=_("New tier"))
     override_until = forms.DateTimeField(
@@ -431,6 +449,17 @@ def _member_set_tier(request: HttpRequest, member: Member, data: dict[str, Any])
     )
 
 
+def _member_tag(request: HttpRequest, member: Member, data: dict[str, Any]) -> object:
+    from campaigns.services.segments import member_tags_set  # campaigns depends on members
+
+    tags = list(data.get("tags") or [])
+    name = (data.get("new_tag") or "").strip()
+    if name:
+        tag, _created = MemberTag.objects.get_or_create(name=name)
+        tags.append(tag)
+    return member_tags_set(members=[member], tags=tags, by_user=request.user)
+
+
 MEMBER_OPERATIONS = {
     "freeze": Operation(
         name="freeze",
@@ -465,6 +494,16 @@ MEMBER_OPERATIONS = {
             "Closing erases the phone number, name and birthday and signs the member out everywhere. "
             "The member number and the points ledger are kept. This cannot be undone."
         ),
+        available=lambda member: member.status != Member.Status.CLOSED,
+    ),
+    "tag": Operation(
+        name="tag",
+        label=_("Add tags"),
+        title=_("Add tags to members"),
+        submit_label=_("Add tags"),
+        done=ngettext_lazy("Tags added to %(count)d member.", "Tags added to %(count)d members.", "count"),
+        run=_member_tag,
+        form_class=TagForm,
         available=lambda member: member.status != Member.Status.CLOSED,
     ),
     "tier": Operation(
@@ -559,7 +598,7 @@ class MemberAdmin(OperationsAdminMixin):
     search_fields = ["=member_no", "name"]
     search_help_text = _("Full phone number, member number or name.")
     raw_id_fields = ["referrer"]
-    actions = ["freeze_members", "unfreeze_members", "close_members", "set_tier_members"]
+    actions = ["freeze_members", "unfreeze_members", "close_members", "set_tier_members", "tag_members"]
 
     def get_urls(self) -> list[URLPattern]:
         # Before the default "<path:object_id>/" catch-all.
@@ -698,6 +737,10 @@ class MemberAdmin(OperationsAdminMixin):
     @admin.action(description=_("Change the tier of selected members…"), permissions=["change"])
     def set_tier_members(self, request: HttpRequest, queryset: QuerySet[Member]) -> Any:
         return self.run_action(request, queryset, "tier", "set_tier_members")
+
+    @admin.action(description=_("Add tags to selected members…"), permissions=["change"])
+    def tag_members(self, request: HttpRequest, queryset: QuerySet[Member]) -> Any:
+        return self.run_action(request, queryset, "tag", "tag_members")
 
 
 class MemberSearchMixin:

@@ -594,3 +594,31 @@ def test_member_import_page_is_linked_from_the_member_list(operator_client):
     assert import_url in listing.content.decode()
     assert page.status_code == 200
     assert "admin/members/member_import.html" in [t.name for t in page.templates]
+
+
+# -----------------------------------------------------------------------------
+# Tags by operators
+# -----------------------------------------------------------------------------
+def test_operator_tags_members_with_an_existing_and_a_new_tag(operator_client, member, other_member):
+    from members.models import MemberTag
+
+    # given an existing tag
+    vip = MemberTag.objects.create(name="VIP")
+    # when the operator tags two members, adding a new tag on the way
+    response = _action(
+        operator_client,
+        _url(CHANGELIST),
+        "tag_members",
+        [member, other_member],
+        {"tags": [vip.pk], "new_tag": "团购客户"},
+    )
+    # then both have both tags, once
+    assert response.status_code == 302
+    for tagged in (member, other_member):
+        assert sorted(tagged.tags.values_list("name", flat=True)) == ["VIP", "团购客户"]
+
+
+def test_tagging_without_any_tag_changes_nothing(operator_client, member):
+    response = _action(operator_client, _url(CHANGELIST), "tag_members", [member], {"new_tag": "  "})
+    assert response.status_code == 200
+    assert member.tags.count() == 0
