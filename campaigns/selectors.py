@@ -3,40 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from campaigns.models import Benefit, Coupon
-from members.models import Member, Store
-
-
-def coupons_usable(*, member: Member, store: Store | None, at: datetime | None = None) -> list[dict[str, Any]]:
-    """The member's coupons usable now (at ``store`` when given), soonest to expire first. One query."""
-    at = at or timezone.now()
-    queryset = (
-        Coupon.objects.filter(member=member, status=Coupon.Status.ISSUED, valid_from__lte=at, valid_until__gt=at)
-        .select_related("benefit")
-        .order_by("valid_until", "pk")
-    )
-    if store is not None:
-        queryset = queryset.annotate(
-            store_count=Count("benefit__stores"),
-            here=Count("benefit__stores", filter=Q(benefit__stores=store)),
-        ).filter(Q(store_count=0) | Q(here__gt=0))
-    return [
-        {
-            "code": coupon.code,
-            "name": coupon.benefit.name,
-            "kind": coupon.benefit.kind,
-            "value": coupon.benefit.value,
-            "min_spend": coupon.benefit.min_spend,
-            "cash_price": coupon.benefit.cash_price,
-            "valid_until": coupon.valid_until,
-        }
-        for coupon in queryset[:50]
-    ]
+from members.models import Member
 
 
 def coupon_list(*, member: Member, status: str | None = None) -> QuerySet[Coupon]:

@@ -103,13 +103,6 @@ def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tu
     return summary, coupons
 
 
-def coupons_usable_get(*, member: Member, store: Store | None) -> list[dict[str, Any]]:
-    """Coupons the member can use at ``store``."""
-    from campaigns.selectors import coupons_usable
-
-    return coupons_usable(member=member, store=store)
-
-
 def qualifying_spend_get(*, member: Member) -> Decimal:
     from points.services import qualifying_spend
 

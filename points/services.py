@@ -23,7 +23,12 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
-from campaigns.services.campaigns import campaigns_after_check_in, campaigns_after_purchase, purchase_boost
+from campaigns.services.campaigns import (
+    campaign_multiplier_for,
+    campaigns_after_check_in,
+    campaigns_after_purchase,
+    purchase_boost,
+)
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
@@ -89,13 +94,6 @@ def points_max_for_bill(amount: Decimal) -> int:
     """Most points that may pay a bill of ``amount``."""
     cash_cap = (amount * settings.LOYALTY_POINTS_MAX_BILL_SHARE).quantize(CENT, rounding=ROUND_DOWN)
     return int(cash_cap * settings.LOYALTY_POINTS_PER_CNY)
-
-
-def campaign_multiplier(*, member: Member, store: Store, at: datetime) -> Decimal:
-    """Campaign multiplier a purchase would get now (previews; no budget reserved)."""
-    from campaigns.services.campaigns import campaign_multiplier_for
-
-    return campaign_multiplier_for(member=member, store=store, at=at)
 
 
 def points_for_amount(*, amount: Decimal, tier: Tier, multiplier: Decimal) -> int:
@@ -338,7 +336,7 @@ def purchase_preview(
             raise MemberCodeRequired()
         raise InsufficientPoints(available=spendable, requested=points_to_use)
     cash = points_cash_value(points_to_use)
-    multiplier = campaign_multiplier(member=member, store=store, at=at)
+    multiplier = campaign_multiplier_for(member=member, store=store, at=at)  # preview: no budget reserved
     earn = points_for_amount(amount=amount - cash, tier=member.tier, multiplier=multiplier) if member.can_earn else 0
     return {
         "points_to_earn": earn,
