@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from campaigns import selectors
 from campaigns.errors import BenefitNotFound, CouponNotFound
 from campaigns.models import Benefit, Coupon
-from campaigns.services.coupons import benefit_exchange, coupon_write_off, reason_text
+from campaigns.services.coupons import benefit_exchange, coupon_code_new, coupon_write_off, reason_text
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
@@ -46,7 +46,12 @@ class CouponOutputSerializer(serializers.Serializer):
     qr_svg = serializers.CharField(required=False, help_text="The code as a QR image (SVG), for issued coupons.")
 
 
-def coupon_output(coupon: Coupon, *, with_qr: bool = False) -> dict[str, Any]:
+def coupon_qr_svg(code: str) -> str:
+    return segno.make(code, error="m").svg_inline(scale=5, border=2)
+
+
+def coupon_output(coupon: Coupon, *, with_qr: bool = False, qr_svg: str = "") -> dict[str, Any]:
+    """The coupon as the member API shows it; ``qr_svg``: its QR image when already drawn."""
     benefit = coupon.benefit
     data = {
         "code": coupon.code,
@@ -66,7 +71,7 @@ def coupon_output(coupon: Coupon, *, with_qr: bool = False) -> dict[str, Any]:
         "written_off_receipt": coupon.written_off_receipt,
     }
     if with_qr and coupon.status == Coupon.Status.ISSUED:
-        data["qr_svg"] = segno.make(coupon.code, error="m").svg_inline(scale=5, border=2)
+        data["qr_svg"] = qr_svg or coupon_qr_svg(coupon.code)
     return CouponOutputSerializer(data).data
 
 
@@ -136,8 +141,12 @@ class BenefitExchangeApi(APIView):
             benefit = Benefit.objects.filter(pk=pk, is_active=True).first()
             if benefit is None:
                 raise BenefitNotFound()
-            coupon = benefit_exchange(benefit=benefit, member=member)
-            return 201, coupon_output(coupon, with_qr=True)
+            # The code and its QR image are made before the member's account
+            # lock, which every exchange of theirs waits for until commit.
+            code = coupon_code_new()
+            qr_svg = coupon_qr_svg(code)
+            coupon = benefit_exchange(benefit=benefit, member=member, code=code)
+            return 201, coupon_output(coupon, with_qr=True, qr_svg=qr_svg)
 
         return idempotent(request, scope=f"member:{member.pk}", operation=operation)
 

@@ -27,13 +27,14 @@ from campaigns.services.campaigns import (
     campaign_multiplier_for,
     campaigns_after_check_in,
     campaigns_after_purchase,
+    campaigns_for_purchase,
     purchase_boost,
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
-from members.selectors import IdentifiedMember, tier_for_spend
+from members.selectors import IdentifiedMember
 from points.errors import (
     AdjustmentNotPending,
     AlreadyCheckedIn,
@@ -103,15 +104,24 @@ def points_for_amount(*, amount: Decimal, tier: Tier, multiplier: Decimal) -> in
 
 
 def qualifying_spend(*, member_id: int, at: datetime) -> Decimal:
+    return _qualification(member_id=member_id, at=at)[0]
+
+
+def _qualification(*, member_id: int, at: datetime) -> tuple[Decimal, int | None, int | None]:
+    """Qualifying spend at ``at`` and the highest active tier it reaches (id
+    and rank; ``None`` below every threshold), as ``tier_for_spend`` picks it."""
     since = at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT COALESCE(SUM(amount - refunded_amount), 0) FROM points_purchase "
-            "WHERE member_id = %s AND paid_at > %s AND paid_at <= %s",
+            "SELECT s.spend, t.id, t.rank FROM ("
+            "  SELECT COALESCE(SUM(amount - refunded_amount), 0) AS spend FROM points_purchase"
+            "  WHERE member_id = %s AND paid_at > %s AND paid_at <= %s) s "
+            "LEFT JOIN LATERAL (SELECT id, rank FROM members_tier WHERE is_active AND threshold <= s.spend "
+            "  ORDER BY rank DESC LIMIT 1) t ON true",
             [member_id, since, at],
         )
-        (total,) = cursor.fetchone()
-    return Decimal(total).quantize(CENT)
+        spend, tier_id, rank = cursor.fetchone()
+    return Decimal(spend).quantize(CENT), tier_id, rank
 
 
 # -----------------------------------------------------------------------------
@@ -412,8 +422,10 @@ def purchase_record(
     coupons = _coupons_write_off(
         coupon_codes, store=store, terminal=terminal, purchase=purchase, member=member, amount=amount, at=now
     )
+    running = campaigns_for_purchase(at=paid_at)
     boost = purchase_boost(
-        member=member, store=store, tier=tier, base_amount=amount - cash, at=paid_at, reference=f"purchase:{purchase.pk}"
+        member=member, store=store, tier=tier, base_amount=amount - cash, at=paid_at,
+        reference=f"purchase:{purchase.pk}", running=running,
     )
     multiplier, earned = boost.multiplier, boost.earned
     pending = 0
@@ -423,7 +435,7 @@ def purchase_record(
             account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until
         )
         pending = earned if lot is not None and lot.pending_until is not None else 0
-        notify_points_earned(earn_entry)
+        notify_points_earned(earn_entry, lot=lot, member=member)
     Purchase.objects.filter(pk=purchase.pk).update(
         points_earned=earned, points_used=points_to_use, cash_paid_by_points=cash, multiplier=multiplier
     )
@@ -431,7 +443,7 @@ def purchase_record(
     purchase.multiplier = multiplier
     _save(account)
     new_tier = tier_upgrade_if_qualified(member=member, at=paid_at)
-    if campaigns_after_purchase(purchase=purchase, at=paid_at):
+    if campaigns_after_purchase(purchase=purchase, at=paid_at, running=running):
         account.refresh_from_db()  # a first-purchase bonus was credited
     return PurchaseResult(
         purchase,
@@ -644,12 +656,16 @@ def points_credit(
 
 
 @transaction.atomic
-def points_debit(*, member: Member, points: int, kind: str, refs: Refs, at: datetime | None = None) -> PointsEntry:
+def points_debit(
+    *, member: Member, points: int, kind: str, refs: Refs, at: datetime | None = None,
+    account: PointsAccount | None = None,
+) -> PointsEntry:
     """Spend points (benefit exchange, negative adjustment), first to expire first.
+    ``account``: the member's account when the caller already holds its lock.
     Raises ``InvalidPoints``, ``InsufficientPoints``, ``MemberFrozen``, ``MemberClosed``."""
     at = at or timezone.now()
     _member_can_earn(member)
-    account = account_lock(member)
+    account = account if account is not None else account_lock(member)
     entry = _draw(account, kind=kind, points=points, at=at, refs=refs, spendable_only=True)
     _save(account)
     return entry
@@ -748,11 +764,12 @@ def adjustment_reject(*, adjustment: PointsAdjustment, by_user: AbstractBaseUser
 # Tiers
 # -----------------------------------------------------------------------------
 def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
-    """Upgrade at once when qualifying spend crosses a higher tier's threshold."""
-    spend = qualifying_spend(member_id=member.pk, at=at)
-    target = tier_for_spend(spend)
-    if target.rank <= member.tier.rank:
+    """Upgrade at once when qualifying spend crosses a higher tier's threshold.
+    One query when nothing changes (the spend and the tier it reaches together)."""
+    spend, target_id, target_rank = _qualification(member_id=member.pk, at=at)
+    if target_id is None or target_id == member.tier_id or target_rank <= member.tier.rank:
         return None
+    target = Tier.objects.get(pk=target_id)
     previous = member.tier
     Member.objects.filter(pk=member.pk).update(tier=target, tier_since=at, updated_at=timezone.now())
     member.tier, member.tier_since = target, at

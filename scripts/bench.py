@@ -39,7 +39,7 @@ import sys
 import time
 import urllib.parse
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ SCALES: dict[str, dict[str, Any]] = {
         "idempotency_requests": 100,
         "pgbench_scale": 10,
         "pgbench_seconds": 15,
+        "race_rounds": 200,
+        "race_clients": 32,
+        "report_requests": 60,
     },
     "full": {
         "members": 1_000_000,
@@ -84,6 +87,9 @@ SCALES: dict[str, dict[str, Any]] = {
         "idempotency_requests": 500,
         "pgbench_scale": 10,
         "pgbench_seconds": 30,
+        "race_rounds": 200,
+        "race_clients": 32,
+        "report_requests": 200,
     },
 }
 
@@ -725,14 +731,16 @@ def redeem_check(member_id: int, deadlocks_before: int, log_path: Path) -> dict[
 # Nightly jobs, each in its own process (time and peak memory of the job alone)
 # -----------------------------------------------------------------------------
 def job_main(name: str) -> None:
-    """``bench.py _job expire|tiers|ledger``: run one job, print its figures as JSON."""
+    """``bench.py _job expire|tiers|ledger|report``: run one job, print its figures as JSON."""
     import django
 
     django.setup()
     from points.batch import ledger_check, points_expire_due, tiers_evaluate
 
-    started = time.monotonic()
-    if name == "expire":
+    started, started_epoch = time.monotonic(), time.time()
+    if name == "report":
+        out = report_job()
+    elif name == "expire":
         result = points_expire_due()
         out = {
             "lots": result.lots,
@@ -752,6 +760,7 @@ def job_main(name: str) -> None:
             "checks": {k: len(v) for k, v in report.violations.items()},
         }
     out["seconds"] = round(time.monotonic() - started, 3)
+    out["started_epoch"], out["ended_epoch"] = started_epoch, time.time()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print("BENCH_JOB " + json.dumps(out), flush=True)
 
@@ -865,6 +874,173 @@ def storage() -> dict[str, Any]:
 # -----------------------------------------------------------------------------
 # Report
 # -----------------------------------------------------------------------------
+def report_job() -> dict[str, Any]:
+    """Monthly report figures (in the job's own process): every rollup built
+    from nothing, then one day rebuilt (the nightly run's unit of work), then
+    each complete month's KPIs from the rollups compared with the raw SQL."""
+    from django.utils import timezone
+
+    from reports.selectors import KPI_NAMES, kpis_monthly, kpis_monthly_raw
+    from reports.services import month_first, months_between, rollups_build
+
+    started = time.monotonic()
+    full = rollups_build()
+    full_seconds = time.monotonic() - started
+    yesterday = timezone.localdate() - timedelta(days=1)
+    day = rollups_build(since=yesterday)
+    this_month = month_first(timezone.localdate())
+    months = [m for m in months_between(month_first(full.days[0]), this_month) if m < this_month] if full.days else []
+    differences, compare_seconds = [], []
+    for month in months:
+        t = time.monotonic()
+        from_rollups = kpis_monthly(month=month)
+        compare_seconds.append(time.monotonic() - t)
+        from_rows = kpis_monthly_raw(month=month)
+        differences += [
+            f"{month:%Y-%m} {name}: {from_rollups[name]} != {from_rows[name]}"
+            for name in KPI_NAMES
+            if from_rollups[name] != from_rows[name]
+        ]
+    return {
+        "full_build_seconds": round(full_seconds, 2),
+        "full_build_days": len(full.days),
+        "full_build_months": len(full.months),
+        "day_rebuild_seconds": round(day.seconds, 3),
+        "day_run_max_seconds": round(day.max_day_run_seconds, 3),
+        "month_rebuild_max_seconds": round(day.max_month_seconds, 3),
+        "months_compared": [f"{m:%Y-%m}" for m in months],
+        "differences": differences[:50],
+        "difference_count": len(differences),
+        "kpis_in_process_ms_max": round(max(compare_seconds, default=0) * 1000, 1),
+    }
+
+
+def staff_session() -> str:
+    """A session cookie of a superuser, made in the database (reports API)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench-reports", defaults={"is_staff": True, "is_superuser": True}
+    )
+    user.set_password(secrets.token_urlsafe(16))
+    user.save()
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return session.session_key
+
+
+def report_http(server: Server, months: list[str], requests: int) -> dict[str, Any]:
+    """``GET /api/v1/reports/monthly`` one after another on a keep-alive
+    connection (a manager opening the report), cycling through the months."""
+    cookie = f"sessionid={staff_session()}"
+    from django.db import connection
+
+    connection.close()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    times, statuses = [], {}
+    for n in range(requests):
+        month = months[n % len(months)]
+        started = time.perf_counter()
+        conn.request("GET", f"/api/v1/reports/monthly?month={month}", headers={"Cookie": cookie})
+        response = conn.getresponse()
+        response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+    conn.close()
+    times.sort()
+    return {
+        "requests": requests,
+        "statuses": statuses,
+        "errors": requests - statuses.get("200", 0),
+        "p50_ms": round(times[len(times) // 2], 1),
+        "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1),
+    }
+
+
+def race_coupons_make(members: list[int], count: int, path: Path) -> int:
+    """``count`` coupons issued to members through the service, their codes to ``path``."""
+    from campaigns.models import Benefit, Coupon
+    from campaigns.services.coupons import coupon_issue
+    from members.models import Member
+
+    benefit = Benefit.objects.create(
+        name="Bench race coupon", kind=Benefit.Kind.GIFT, points_price=0, validity=Benefit.Validity.DAYS, valid_days=30
+    )
+    codes = []
+    for member in Member.objects.filter(pk__in=members[:count]).select_related("tier").order_by("pk"):
+        codes.append(coupon_issue(benefit=benefit, member=member, source=Coupon.Source.OPERATOR, reason="bench").code)
+    path.write_text("\n".join(codes) + "\n")
+    return benefit.pk
+
+
+def race(server: Server, keys_file: Path, codes_file: Path, clients: int, benefit_id: int) -> dict[str, Any]:
+    """32 tills write off the same coupon at once, round after round (own process),
+    then the database: each coupon written off once, with one event."""
+    result = subprocess.run(
+        [sys.executable, str(BASE_DIR / "scripts" / "bench_load.py"), "race", server.url, str(keys_file),
+         str(codes_file), str(clients)],
+        cwd=BASE_DIR, capture_output=True, text=True, timeout=3600,
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"race client failed: {result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    out = json.loads(line.removeprefix("BENCH_RESULT "))
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FILTER (WHERE c.status = 'written_off'), "
+            "COUNT(*) FILTER (WHERE (SELECT COUNT(*) FROM campaigns_couponevent e "
+            "  WHERE e.coupon_id = c.id AND e.kind = 'written_off') <> 1) "
+            "FROM campaigns_coupon c WHERE c.benefit_id = %s",
+            [benefit_id],
+        )
+        out["coupons_written_off"], out["coupons_without_exactly_one_event"] = cursor.fetchone()
+    connection.close()
+    return out
+
+
+def _window(rows: list[tuple[float, float, int]], start: float, end: float) -> dict[str, Any]:
+    inside = sorted(latency for at, latency, _ in rows if start <= at <= end)
+    errors = sum(1 for at, _, status in rows if start <= at <= end and status != 201)
+    p99 = inside[min(len(inside) - 1, int(0.99 * len(inside)))] if inside else None
+    return {"requests": len(inside), "errors": errors, "p99_ms": p99 and round(p99, 1),
+            "rps": round(len(inside) / (end - start), 1) if end > start else None}
+
+
+def expiry_under_load(
+    server: Server, env: dict[str, str], keys_file: Path, codes_file: Path, rate: float, run_id: str
+) -> dict[str, Any]:
+    """The set-based expiry job (own process) while purchases come in at
+    ``rate`` (own process): purchase p99 before the job and while it runs."""
+    log_path = OUT_DIR / "work" / "expiry_purchases.log"
+    load = subprocess.Popen(
+        [sys.executable, str(BASE_DIR / "scripts" / "bench_load.py"), "paced", server.url, str(keys_file),
+         str(codes_file), f"{rate:.2f}", "3600", str(log_path), run_id],
+        cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        load_started = time.time()
+        time.sleep(10)  # the baseline window
+        result = job("expire", env)
+        time.sleep(1)
+    finally:
+        load.terminate()
+        load.wait(timeout=30)
+    rows = []
+    for line in log_path.read_text().splitlines():
+        at, latency, status = line.split()
+        rows.append((float(at), float(latency), int(status)))
+    result["load_rate"] = round(rate, 1)
+    result["baseline"] = _window(rows, load_started + 1, result["started_epoch"])
+    result["during"] = _window(rows, result["started_epoch"], result["ended_epoch"])
+    return result
+
+
 NOT_MEASURED = "not measured"
 
 
@@ -1003,7 +1179,24 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     figures.append(
         figure("redeem: deadlocks", deadlocks, "0", rc and deadlocks == 0, "", rc and "pg_stat_database + server log")
     )
-    figures.append(figure("coupon write-off race", None, "32 × 200 rounds: 1 success each", None))
+    race_r = g("race")
+    figures.append(
+        figure(
+            "coupon write-off race",
+            race_r and f"{race_r['rounds_exactly_one_success']}/{race_r['rounds']} rounds",
+            "32 × 200 rounds: exactly 1 success each, no 5xx",
+            race_r
+            and race_r["rounds"] >= 200
+            and race_r["clients"] >= 32
+            and race_r["rounds_exactly_one_success"] == race_r["rounds"]
+            and race_r["server_errors"] == 0
+            and race_r["coupons_without_exactly_one_event"] == 0,
+            "",
+            race_r
+            and f"{race_r['clients']} clients, statuses {race_r['statuses']}, refusals {race_r['errors']}, "
+            f"{race_r['coupons_without_exactly_one_event']} coupons without exactly one write-off event",
+        )
+    )
 
     idem = g("idempotency")
     figures.append(
@@ -1066,7 +1259,24 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             "expiry job peak memory", exp and exp["peak_rss_mb"], "≤ 300 MB", exp and exp["peak_rss_mb"] <= 300, "MB"
         )
     )
-    figures.append(figure("purchase p99 during expiry", None, "≤ 2 × baseline p99", None))
+    base, during = exp and exp.get("baseline"), exp and exp.get("during")
+    ok_during = (
+        base and during and base["p99_ms"] and during["p99_ms"] is not None
+        and during["p99_ms"] <= 2 * base["p99_ms"] and base["errors"] == 0 and during["errors"] == 0
+    )
+    figures.append(
+        figure(
+            "purchase p99 during expiry",
+            during and during["p99_ms"],
+            "≤ 2 × baseline p99, 0 errors",
+            ok_during if during else None,
+            "ms",
+            during
+            and f"baseline {base['p99_ms']} ms ({base['requests']} req before the job), "
+            f"{during['requests']} req during the job at {exp['load_rate']} req/s offered, "
+            f"{base['errors'] + during['errors']} errors",
+        )
+    )
 
     tiers, tiers_rerun, members = g("tiers"), g("tiers_rerun"), (g("scale") or {}).get("members")
     rate = tiers and tiers["seconds"] and members and round(members / tiers["seconds"])
@@ -1083,7 +1293,39 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     rewrites = tiers_rerun and tiers_rerun["upgraded"] + tiers_rerun["downgraded"]
     figures.append(figure("tier re-run writes", rewrites, "0 rows", tiers_rerun and rewrites == 0, "rows"))
-    figures.append(figure("monthly report", None, "p95 ≤ 300 ms; day rollup ≤ 10 s", None))
+    rep, rep_http = g("report"), g("report_http")
+    figures.append(
+        figure(
+            "monthly report p95 (HTTP, from rollups)",
+            rep_http and rep_http["p95_ms"],
+            "≤ 300 ms, 0 errors",
+            rep_http and rep_http["p95_ms"] <= 300 and rep_http["errors"] == 0,
+            "ms",
+            rep_http and f"{rep_http['requests']} requests, p50 {rep_http['p50_ms']} ms, {rep_http['errors']} errors",
+        )
+    )
+    figures.append(
+        figure(
+            "a day's rollup",
+            rep and rep["day_rebuild_seconds"],
+            "≤ 10 s",
+            rep and rep["day_rebuild_seconds"] <= 10,
+            "s",
+            rep
+            and f"one day and its month rebuilt; first build of {rep['full_build_days']} days "
+            f"and {rep['full_build_months']} months {rep['full_build_seconds']} s",
+        )
+    )
+    figures.append(
+        figure(
+            "report equals raw computation",
+            rep and rep["difference_count"],
+            "0 differences",
+            rep and rep["difference_count"] == 0 and bool(rep["months_compared"]),
+            "differences",
+            rep and f"{len(rep['months_compared'])} months × every KPI",
+        )
+    )
 
     st = g("storage")
     per = st and st["bytes_per_purchase"]
@@ -1146,6 +1388,9 @@ def run(scale_name: str) -> int:
             log(f"  {name} failed: {exc!r}")
             r["errors"].append(f"{name}: {exc!r}"[:2000])
             return None
+        # What is measured so far, for a long run that is cut short.
+        r.setdefault("steps", {})[name] = value
+        (OUT_DIR / f"{stamp}.partial.json").write_text(json.dumps(r["steps"], indent=2, default=str))
         return value
 
     try:
@@ -1177,13 +1422,24 @@ def run(scale_name: str) -> int:
         sample = min(scale["code_sample"], scale["members"] - max(scale["members"] // 100, 10))
         codes_write(data["first_member"], sample, codes_file)
         codes = codes_file.read_text().split()
-        half = len(codes) // 2
-        (work / "codes_purchase_max.txt").write_text("\n".join(codes[:half]) + "\n")
-        (work / "codes_purchase_half.txt").write_text("\n".join(codes[half:]) + "\n")
+        # Codes serve one purchase each: 40% for the full-load run, 40% for
+        # the half-load run, 20% for the purchases during the expiry job.
+        two_fifths = len(codes) * 2 // 5
+        (work / "codes_purchase_max.txt").write_text("\n".join(codes[:two_fifths]) + "\n")
+        (work / "codes_purchase_half.txt").write_text("\n".join(codes[two_fifths : 2 * two_fifths]) + "\n")
+        (work / "codes_purchase_expiry.txt").write_text("\n".join(codes[2 * two_fifths :]) + "\n")
         spare = list(range(data["first_member"] + sample, data["first_member"] + scale["members"] - 1))
         from members.models import Member
 
         spare_nos = list(Member.objects.filter(pk__in=spare).order_by("pk").values_list("member_no", flat=True))
+        race_codes_file = work / "race_codes.txt"
+        # Race coupons belong to the first members (whose codes identify and
+        # purchase use: coupons and purchases never run at the same time).
+        race_members = list(range(data["first_member"], data["first_member"] + scale["race_rounds"]))
+        race_benefit = step(
+            "coupons for the write-off race", race_coupons_make, race_members, scale["race_rounds"], race_codes_file
+        )
+        r["report"] = step("monthly report: rollups and raw comparison (own process)", job, "report", env)
 
         r["pgbench"] = step("pgbench baseline", pgbench, scale)
         r["queries"] = step(
@@ -1261,13 +1517,44 @@ def run(scale_name: str) -> int:
                 spare_nos[1:],
                 scale["idempotency_requests"],
             )
+            if race_benefit is not None:
+                r["race"] = step(
+                    "coupon write-off race (own process)",
+                    race,
+                    server,
+                    keys_file,
+                    race_codes_file,
+                    scale["race_clients"],
+                    race_benefit,
+                )
+            if r.get("report"):
+                r["report_http"] = step(
+                    "monthly report over HTTP",
+                    report_http,
+                    server,
+                    r["report"]["months_compared"] or [started_at.strftime("%Y-%m")],
+                    scale["report_requests"],
+                )
             connection.close()
+            r["expiry_orm"] = step("expiry: per-lot ORM loop on a sample", expire_orm_loop, scale["orm_sample_lots"])
+            connection.close()
+            rate = (r.get("purchase") or {}).get("rps") or 20
+            r["expiry"] = step(
+                "expiry: set-based job (own process) with purchases at half load",
+                expiry_under_load,
+                server,
+                env,
+                keys_file,
+                work / "codes_purchase_expiry.txt",
+                rate / 2,
+                f"{run_id}e",
+            )
             server.stop()  # its database sessions end: their statistics (deadlocks) are flushed
             r["redeem_check"] = step("redeem checks", redeem_check, data["redeemer"], deadlocks_before, server.log_path)
-
-        r["expiry_orm"] = step("expiry: per-lot ORM loop on a sample", expire_orm_loop, scale["orm_sample_lots"])
-        connection.close()
-        r["expiry"] = step("expiry: set-based job (own process)", job, "expire", env)
+        else:
+            r["expiry_orm"] = step("expiry: per-lot ORM loop on a sample", expire_orm_loop, scale["orm_sample_lots"])
+            connection.close()
+            r["expiry"] = step("expiry: set-based job (own process)", job, "expire", env)
         r["expiry_rerun"] = step("expiry: re-run", job, "expire", env)
         r["tiers"] = step("tier evaluation (own process)", job, "tiers", env)
         r["tiers_rerun"] = step("tier evaluation: re-run", job, "tiers", env)
@@ -1292,6 +1579,8 @@ def run(scale_name: str) -> int:
     )
     if r["errors"]:
         print("Problems: " + "; ".join(r["errors"]))
+    r.pop("steps", None)
+    (OUT_DIR / f"{stamp}.partial.json").unlink(missing_ok=True)
     text = json.dumps(r, indent=2, ensure_ascii=False, default=str)
     (OUT_DIR / f"{stamp}.json").write_text(text)
     (OUT_DIR / "latest.json").write_text(text)

@@ -51,6 +51,23 @@ def campaigns_running(*, kinds: list[str], at: datetime) -> QuerySet[Campaign]:
     )
 
 
+PURCHASE_KINDS = (Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY, Campaign.Kind.BONUS, Campaign.Kind.REFERRAL)
+
+
+def campaigns_for_purchase(*, at: datetime) -> list[Campaign]:
+    """Every running campaign a purchase may touch (multipliers, birthday,
+    first-purchase bonus, referral), read once per purchase and passed to
+    ``purchase_boost`` and ``campaigns_after_purchase``: one query when none
+    runs, which is the common case at the till."""
+    return list(campaigns_running(kinds=list(PURCHASE_KINDS), at=at))
+
+
+def _of_kinds(running: list[Campaign] | None, kinds: list[str], at: datetime) -> list[Campaign]:
+    if running is None:
+        return list(campaigns_running(kinds=kinds, at=at))
+    return [campaign for campaign in running if campaign.kind in kinds]
+
+
 def _in_segment(campaign: Campaign, member: Member, at: datetime) -> bool:
     if campaign.segment_id is None:
         return True
@@ -89,11 +106,14 @@ def _day_matches(campaign: Campaign, *, member: Member, at: datetime) -> bool:
     return not (campaign.month_day and local.day != campaign.month_day)
 
 
-def multipliers_for(*, member: Member, store: Store | None, at: datetime) -> list[Campaign]:
-    """Multiplier and birthday campaigns that apply to this purchase."""
+def multipliers_for(
+    *, member: Member, store: Store | None, at: datetime, running: list[Campaign] | None = None
+) -> list[Campaign]:
+    """Multiplier and birthday campaigns that apply to this purchase (among
+    ``running``, from ``campaigns_for_purchase``, when given)."""
     return [
         campaign
-        for campaign in campaigns_running(kinds=[Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY], at=at)
+        for campaign in _of_kinds(running, [Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY], at)
         if campaign.multiplier > ONE
         and _day_matches(campaign, member=member, at=at)
         and _targets(campaign, member=member, store=store, at=at)
@@ -171,16 +191,27 @@ class Boost:
 
 
 def purchase_boost(
-    *, member: Member, store: Store | None, tier: Tier, base_amount: Decimal, at: datetime, reference: str
+    *,
+    member: Member,
+    store: Store | None,
+    tier: Tier,
+    base_amount: Decimal,
+    at: datetime,
+    reference: str,
+    running: list[Campaign] | None = None,
 ) -> Boost:
     """Points a purchase earns with the campaigns running, reserving their budget
     for the extra points; a campaign whose budget or per-member limit would be
     exceeded is left out. Records a grant per campaign applied."""
     from points.services import points_for_amount
 
-    _referrer_lock(member, at)
-    candidates = [c for c in multipliers_for(member=member, store=store, at=at) if not _limit_reached(c, member)]
+    _referrer_lock(member, at, running)
+    candidates = [
+        c for c in multipliers_for(member=member, store=store, at=at, running=running) if not _limit_reached(c, member)
+    ]
     base = points_for_amount(amount=base_amount, tier=tier, multiplier=ONE)
+    if not candidates:  # the common case: no savepoint, no budget row touched
+        return Boost(multiplier=ONE, earned=base)
     while True:
         effective = _effective(candidates)
         multiplier = combined_multiplier(effective)
@@ -201,7 +232,7 @@ def purchase_boost(
     return Boost(multiplier=multiplier, earned=earned, campaigns=[c.pk for c in effective])
 
 
-def _referrer_lock(member: Member, at: datetime) -> None:
+def _referrer_lock(member: Member, at: datetime, running: list[Campaign] | None = None) -> None:
     """Before a referred member's first purchase reserves any budget, lock the
     referrer's points account, which ``referral_reward`` will credit: accounts
     before campaign rows, or the referrer's own purchase (their account, then
@@ -211,7 +242,7 @@ def _referrer_lock(member: Member, at: datetime) -> None:
 
     if not member.referrer_id or Purchase.objects.filter(member=member)[:2].count() > 1:
         return
-    if campaigns_running(kinds=[Campaign.Kind.REFERRAL], at=at).exists():
+    if _of_kinds(running, [Campaign.Kind.REFERRAL], at):
         referrer = Member.objects.filter(pk=member.referrer_id).first()
         if referrer is not None:
             account_lock(referrer)
@@ -305,19 +336,25 @@ def _coupon(
 # -----------------------------------------------------------------------------
 # Event hooks (called by the points services inside their transaction)
 # -----------------------------------------------------------------------------
-def campaigns_after_purchase(*, purchase: Any, at: datetime) -> int:
-    """First-purchase bonuses and referral rewards. Returns bonus points given."""
+def campaigns_after_purchase(*, purchase: Any, at: datetime, running: list[Campaign] | None = None) -> int:
+    """First-purchase bonuses and referral rewards. Returns bonus points given.
+    ``running``: the campaigns of ``campaigns_for_purchase``, when already read."""
     from points.models import Purchase
 
     member = purchase.member
     if member is None:
         return 0
+    bonuses = [
+        c for c in _of_kinds(running, [Campaign.Kind.BONUS], at) if c.condition == Campaign.Condition.FIRST_PURCHASE
+    ]
+    if not bonuses and not member.referrer_id:
+        return 0
     given = 0
     first = not Purchase.objects.filter(member=member).exclude(pk=purchase.pk).exists()
     if not first:
         return 0
-    for campaign in campaigns_running(kinds=[Campaign.Kind.BONUS], at=at):
-        if campaign.condition == Campaign.Condition.FIRST_PURCHASE and _targets(
+    for campaign in bonuses:
+        if _targets(
             campaign, member=member, store=purchase.store, at=at
         ):
             grant = _credit(campaign, member, campaign.points, "first_purchase", at)
@@ -535,16 +572,18 @@ def campaigns_run_scheduled(*, at: datetime | None = None) -> int:
 # -----------------------------------------------------------------------------
 # Results and dry run
 # -----------------------------------------------------------------------------
-def campaign_results(*, campaign: Campaign) -> dict[str, Any]:
+def campaign_results(*, campaign: Campaign, using: str = "default") -> dict[str, Any]:
+    """The campaign's totals to date, read from the database ``using`` (the
+    reports pass their reporting database)."""
     from django.db.models import Count, Sum
 
     from points.models import Purchase
 
-    grants = CampaignGrant.objects.filter(campaign=campaign)
+    grants = CampaignGrant.objects.using(using).filter(campaign=campaign)
     totals = grants.aggregate(members=Count("member", distinct=True), points=Sum("points"))
-    coupons = Coupon.objects.filter(pk__in=grants.exclude(coupon=None).values("coupon"))
+    coupons = Coupon.objects.using(using).filter(pk__in=grants.exclude(coupon=None).values("coupon"))
     reached = grants.values("member")
-    sales = Purchase.objects.filter(member__in=reached, paid_at__gte=campaign.starts_at).aggregate(
+    sales = Purchase.objects.using(using).filter(member__in=reached, paid_at__gte=campaign.starts_at).aggregate(
         total=Sum(F("amount") - F("refunded_amount"))
     )["total"]
     return {

@@ -137,51 +137,76 @@ def coupon_issue(
         if existing is not None:
             return existing
     if check_eligibility:
-        reason_code = benefit_unavailable_reason(benefit=benefit, member=member, at=at)
-        if reason_code == "out_of_stock":
-            raise OutOfStock()
-        if reason_code is not None:
-            raise BenefitUnavailable(reason=reason_text(reason_code), detail={"reason": reason_code})
+        _eligibility_check(benefit, member, at)
     _limit_check(benefit, member)
     _stock_take(benefit)
+    return _coupon_create(benefit=benefit, member=member, source=source, at=at, reference=reference,
+                          by_user=by_user, reason=reason or source)
+
+
+def _coupon_create(
+    *, benefit: Benefit, member: Member, source: str, at: datetime, reason: str, code: str | None = None, **fields: Any
+) -> Coupon:
+    """The coupon row, its ``issued`` event and the member's message (stock already taken)."""
+    by_user = fields.pop("by_user", None)
     valid_from, valid_until = _validity(benefit, at)
     coupon = Coupon.objects.create(
-        code=coupon_code_new(),
+        code=code or coupon_code_new(),
         benefit=benefit,
         member=member,
         source=source,
-        reference=reference,
         valid_from=valid_from,
         valid_until=valid_until,
         issued_at=at,
+        **fields,
     )
-    _event(coupon, CouponEvent.Kind.ISSUED, at=at, by_user=by_user, reason=reason or source)
+    _event(coupon, CouponEvent.Kind.ISSUED, at=at, by_user=by_user, reason=reason)
     notify_coupon_issued(coupon)
     return coupon
 
 
+def _eligibility_check(benefit: Benefit, member: Member, at: datetime) -> None:
+    reason_code = benefit_unavailable_reason(benefit=benefit, member=member, at=at)
+    if reason_code == "out_of_stock":
+        raise OutOfStock()
+    if reason_code is not None:
+        raise BenefitUnavailable(reason=reason_text(reason_code), detail={"reason": reason_code})
+
+
 @transaction.atomic
-def benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = None) -> Coupon:
+def benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = None, code: str = "") -> Coupon:
     """Exchange points for a coupon: the points debit, the stock and the coupon
-    are one transaction. Raises ``BenefitUnavailable``, ``OutOfStock``,
-    ``MemberLimitReached``, ``InsufficientPoints``, ``MemberFrozen``, ``MemberClosed``."""
+    are one transaction. ``code``: the new coupon's code when the caller made
+    it beforehand (``coupon_code_new``), e.g. to draw its QR image before the lock.
+    Raises ``BenefitUnavailable``, ``OutOfStock``, ``MemberLimitReached``,
+    ``InsufficientPoints``, ``MemberFrozen``, ``MemberClosed``.
+
+    Every exchange of a member queues behind their account lock until commit,
+    so the read-only checks come before it and the lock is taken once."""
     from points.models import PointsEntry
     from points.services import Refs, points_debit
 
     at = at or timezone.now()
     if benefit.points_price <= 0:
         raise BenefitUnavailable(reason=reason_text("not_exchangeable"), detail={"reason": "not_exchangeable"})
-    coupon = coupon_issue(benefit=benefit, member=member, source=Coupon.Source.EXCHANGE, at=at)
+    _member_active(member)
+    _eligibility_check(benefit, member, at)
+    account = account_lock(member)
+    _limit_check(benefit, member)
+    code = code or coupon_code_new()
     entry = points_debit(
         member=member,
         points=benefit.points_price,
         kind=PointsEntry.Kind.REDEEM,
-        refs=Refs(source=PointsEntry.Source.BENEFIT, reason=benefit.name, reference=f"coupon:{coupon.code}"),
+        refs=Refs(source=PointsEntry.Source.BENEFIT, reason=benefit.name, reference=f"coupon:{code}"),
         at=at,
+        account=account,
     )
-    Coupon.objects.filter(pk=coupon.pk).update(exchange_entry=entry)
-    coupon.exchange_entry = entry
-    return coupon
+    _stock_take(benefit)
+    return _coupon_create(
+        benefit=benefit, member=member, source=Coupon.Source.EXCHANGE, at=at, reason=Coupon.Source.EXCHANGE,
+        code=code, exchange_entry=entry,
+    )
 
 
 def _first_write_off(coupon: Coupon) -> CouponAlreadyWrittenOff:

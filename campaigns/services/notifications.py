@@ -516,14 +516,18 @@ def _render(kind: str, data: dict[str, Any]) -> str:
 # -----------------------------------------------------------------------------
 # Events (called by the services, inside their transaction)
 # -----------------------------------------------------------------------------
-def notify_points_earned(source: Any) -> OutboxMessage | None:
+_UNREAD = object()
+
+
+def notify_points_earned(source: Any, *, lot: Any = _UNREAD, member: Member | None = None) -> OutboxMessage | None:
     """The "you earned N points" message for a purchase (its earn entry) or for a credit
     entry (``earn``/``bonus``: claim, campaign, check-in…). Once per purchase,
     or per entry when the entry has no purchase. Nothing for a purchase
-    without a member or without points."""
+    without a member or without points. The till passes the entry's ``lot``
+    (``None`` when the points all paid debt) and the ``member`` it holds, so
+    neither is read again."""
     from points.models import PointsEntry, PointsLot, Purchase
 
-    member = None
     if isinstance(source, Purchase):
         member = source.member if Purchase.member.is_cached(source) else None
         entry = (
@@ -542,11 +546,14 @@ def notify_points_earned(source: Any) -> OutboxMessage | None:
         dedupe_key = f"points_earned:purchase:{entry.purchase_id}"
     else:
         dedupe_key = f"points_earned:entry:{entry.pk}"
-    pending_until = (
-        PointsLot.objects.filter(entry=entry, pending_until__isnull=False)
-        .values_list("pending_until", flat=True)
-        .first()
-    )
+    if lot is not _UNREAD:
+        pending_until = lot.pending_until if lot is not None else None
+    else:
+        pending_until = (
+            PointsLot.objects.filter(entry=entry, pending_until__isnull=False)
+            .values_list("pending_until", flat=True)
+            .first()
+        )
     if member is None:
         member = entry.member if PointsEntry.member.is_cached(entry) else Member.objects.get(pk=entry.member_id)
     store = entry.store if entry.store_id else None
