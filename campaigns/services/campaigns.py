@@ -58,7 +58,17 @@ def campaigns_for_purchase(*, at: datetime) -> list[Campaign]:
     """Every running campaign a purchase may touch (multipliers, birthday,
     first-purchase bonus, referral), read once per purchase and passed to
     ``purchase_boost`` and ``campaigns_after_purchase``: one query when none
-    runs, which is the common case at the till."""
+    runs, which is the common case at the till, and that one plain SQL (the
+    ORM's query with its joins costs the till several milliseconds of CPU)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {Campaign._meta.db_table} WHERE kind = ANY(%s) AND status = %s "  # noqa: S608
+            "AND starts_at <= %s AND (ends_at IS NULL OR ends_at > %s))",
+            [[str(kind) for kind in PURCHASE_KINDS], str(Campaign.Status.ACTIVE), at, at],
+        )
+        (any_running,) = cursor.fetchone()
+    if not any_running:
+        return []
     return list(campaigns_running(kinds=list(PURCHASE_KINDS), at=at))
 
 
