@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 SCALE ?= small
 
-.PHONY: install run test services stop lint messages bench
+.PHONY: install run test services stop lint audit messages bench
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ bench: services
 lint: install
 	$(VENV)/bin/ruff check .
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+# Known vulnerabilities of the pinned requirements (pip-audit); see scripts/audit.py.
+audit: install
+	$(PY) scripts/audit.py
 
 messages: install
 	DEBUG=1 $(PY) manage.py makemessages -l zh_Hans --no-obsolete --ignore=.venv --ignore=var --ignore=staticfiles

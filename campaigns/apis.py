@@ -156,6 +156,7 @@ class MeCouponListApi(APIView):
 
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
+    pagination_class = StandardPagination  # documents the paginated envelope in the schema
 
     class CouponFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Coupon.Status.choices, required=False)
@@ -166,7 +167,7 @@ class MeCouponListApi(APIView):
         operation_id="me_coupons",
         tags=["member"],
         parameters=[CouponFilterSerializer],
-        responses={200: CouponOutputSerializer(many=True), **errors(400, 401)},
+        responses={200: CouponOutputSerializer(many=True), **errors(400, 401, 404)},
     )
     def get(self, request: Request) -> Response:
         filters = self.CouponFilterSerializer(data=request.query_params)
@@ -195,7 +196,7 @@ class CouponWriteOffApi(APIView):
             OpenApiParameter("code", location=OpenApiParameter.PATH, description="Coupon code"),
         ],
         request=WriteOffInputSerializer,
-        responses={200: CouponOutputSerializer, **errors(400, 401, 403, 404, 409, 410, 422)},
+        responses={200: CouponOutputSerializer, **errors(400, 401, 403, 404, 409, 410, 422, 429)},
     )
     def post(self, request: Request, code: str) -> HttpResponse:
         data = _valid(self.WriteOffInputSerializer, request)
@@ -204,6 +205,10 @@ class CouponWriteOffApi(APIView):
         def operation() -> tuple[int, Any]:
             failures_check(kind="coupon", terminal=terminal)
             try:
+                if "\x00" in code:
+                    # PostgreSQL text cannot hold NUL: no coupon has such a code
+                    # (counted as a failed attempt like any unknown code).
+                    raise CouponNotFound(detail={"code": code.replace("\x00", "")[:64]})
                 coupon = coupon_write_off(
                     code=code, store=terminal.store, terminal=terminal, receipt_no=data["receipt_no"]
                 )

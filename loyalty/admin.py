@@ -8,7 +8,11 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from loyalty.forms import ThrottledAdminAuthenticationForm
 from loyalty.models import Heartbeat
+
+# Failed sign-ins are counted and throttled (loyalty.throttle).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 @admin.register(Heartbeat)

@@ -63,6 +63,12 @@ class TooManyAttempts(LoyaltyError):
     message = _("Too many failed attempts. Wait %(retry_after)s seconds and try again.")
 
 
+class RequestTooLarge(LoyaltyError):
+    code = "request_too_large"
+    http_status = 413
+    message = _("The request body is larger than %(max_bytes)s bytes.")
+
+
 class ServiceUnavailable(LoyaltyError):
     code = "service_unavailable"
     http_status = 503
@@ -113,7 +119,8 @@ def error_catalogue_markdown() -> str:
         "Generated from the code by `python scripts/error_codes.py`; a test keeps this file in step.",
         "Besides these: `invalid_input` (400, field errors in `detail`), `malformed_request`, `not_authenticated`,",
         "`authentication_failed` (401), `permission_denied` (403), `not_found` (404), `method_not_allowed` (405),",
-        "`unsupported_media_type` (415) and `service_unavailable` (503, retry with the same Idempotency-Key).",
+        "`not_acceptable` (406), `unsupported_media_type` (415) and `service_unavailable` (503, retry with the same",
+        "Idempotency-Key).",
         "",
         "| code | HTTP | message |",
         "|---|---|---|",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_celery_beat",
+    "csp",
     "loyalty",
     "members",
     "points",
@@ -51,6 +53,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -97,6 +100,19 @@ DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Reporting replica (docs/scaling.md): with REPORTING_DATABASE_URL (a streaming
+# replica of the primary), the report pages, exports and API read from it;
+# everything else, authorisation included, stays on the primary
+# (loyalty.dbrouters). Without it, reports read the primary.
+DATABASE_ROUTERS = ["loyalty.dbrouters.PrimaryRouter"]
+LOYALTY_REPORTING_DATABASE = "default"
+if env("REPORTING_DATABASE_URL", default=""):
+    DATABASES["reporting"] = env.db("REPORTING_DATABASE_URL")
+    DATABASES["reporting"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["reporting"]["CONN_HEALTH_CHECKS"] = True
+    # Read-only sessions: a write sent to this alias fails even if the URL names the primary.
+    DATABASES["reporting"].setdefault("OPTIONS", {}).setdefault("options", "-c default_transaction_read_only=on")
+    LOYALTY_REPORTING_DATABASE = "reporting"
 
 # -----------------------------------------------------------------------------
 # Redis: Celery broker and the cache (throttling counters)
@@ -120,6 +136,20 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_DEFAULT_BROKER)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A broker that is down or unreachable never holds up a till: the services
+# queue tasks after commit (the outbox row is already saved, and the sweeps
+# send what could not be queued), so a publish gives up after one quick retry
+# (a pooled connection gone stale after a Redis restart), and a broker that
+# accepts connections but does not answer times out instead of blocking the
+# request forever (Redis: kombu's default socket_timeout is None).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.0),
+    "socket_connect_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.0),
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+# A daily or monthly job that finds its lock taken tries again this many
+# seconds later instead of being dropped (loyalty.tasks.single_instance_or_retry).
+LOYALTY_JOB_BUSY_RETRY_SECONDS = env.int("LOYALTY_JOB_BUSY_RETRY_SECONDS", default=60)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
@@ -198,6 +228,30 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp) on every response. Scripts and <style>
+# elements run only from this origin or with the per-response nonce
+# (``nonce="{{ request.csp_nonce }}"`` in the templates): an injected inline
+# script or event handler does not run. ``style`` attributes stay allowed
+# (the webhook payload view in admin and plotly.js set a few; they cannot run
+# code, and images, the way out for CSS, come from this origin only). The
+# report page lets plotly.js add <style> elements (reports/views.py); Swagger
+# UI at /api/docs/ adds its CDN (loyalty/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "style-src-attr": [UNSAFE_INLINE],
+        # data: the console's empty favicon and plotly's image export; blob: plotly's downloads.
+        "img-src": [SELF, "data:", "blob:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
 # -----------------------------------------------------------------------------
@@ -208,8 +262,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON renderer that escapes what UTF-8 cannot encode (an echoed lone surrogate).
+    "DEFAULT_RENDERER_CLASSES": ["loyalty.api.renderers.JSONRenderer"],
+    # DRF's JSON parser with a nesting limit (deep JSON is a 400, not a RecursionError).
+    "DEFAULT_PARSER_CLASSES": ["loyalty.api.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "loyalty.api.exception_handler.exception_handler",
@@ -223,6 +279,12 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    # Errors every operation can answer, and the links between operations (loyalty.api.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "loyalty.api.schema.postprocess_common_errors",
+        "loyalty.api.schema.postprocess_links",
+    ],
 }
 API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
 
@@ -236,6 +298,10 @@ LOYALTY_OFFLINE_CODE_DELAY_SECONDS = env.int("LOYALTY_OFFLINE_CODE_DELAY_SECONDS
 # Failed identifications allowed per terminal per window before 429.
 LOYALTY_IDENTIFY_FAILURES_LIMIT = env.int("LOYALTY_IDENTIFY_FAILURES_LIMIT", default=10)
 LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS = env.int("LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS", default=300)
+# Failed staff sign-ins (admin, clerk console) allowed per user name and client
+# address per window; then even the right password is refused until it ends.
+LOYALTY_LOGIN_FAILURES_LIMIT = env.int("LOYALTY_LOGIN_FAILURES_LIMIT", default=5)
+LOYALTY_LOGIN_FAILURES_WINDOW_SECONDS = env.int("LOYALTY_LOGIN_FAILURES_WINDOW_SECONDS", default=900)
 # Server-side secret mixed into every member code (defaults to SECRET_KEY).
 LOYALTY_MEMBER_CODE_SECRET = env("LOYALTY_MEMBER_CODE_SECRET", default=SECRET_KEY)
 # Member bearer tokens.

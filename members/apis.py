@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from decimal import Decimal
 from typing import Any
 
@@ -161,6 +162,9 @@ class MemberEnrolApi(APIView):
         def validate_birthday(self, value: Any) -> Any:
             return _birthday_check(value)
 
+        def validate_name(self, value: str) -> str:
+            return _name_check(value)
+
     @extend_schema(
         operation_id="terminal_member_enrol",
         tags=["terminal"],
@@ -252,6 +256,9 @@ class MemberRegisterApi(APIView):
         def validate_birthday(self, value: Any) -> Any:
             return _birthday_check(value)
 
+        def validate_name(self, value: str) -> str:
+            return _name_check(value)
+
     @extend_schema(
         operation_id="auth_register",
         tags=["member"],
@@ -276,6 +283,20 @@ class MemberRegisterApi(APIView):
             )
             member = services.member_bind_wechat(member=member, openid=openid)
             return _token_response(member, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class MemberLogoutApi(APIView):
+    """Sign out: the token of this request stops working at once (the member's
+    other devices stay signed in)."""
+
+    authentication_classes = [MemberTokenAuthentication]
+    permission_classes = [IsMember]
+
+    @extend_schema(operation_id="auth_logout", tags=["member"], request=None, responses={204: None, **errors(401)})
+    def post(self, request: Request) -> Response:
+        with transaction.atomic(durable=True):
+            services.member_token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # -----------------------------------------------------------------------------
@@ -317,6 +338,9 @@ class MeApi(APIView):
 
         def validate_birthday(self, value: Any) -> Any:
             return _birthday_check(value)
+
+        def validate_name(self, value: str) -> str:
+            return _name_check(value)
 
     @extend_schema(operation_id="me", tags=["member"], responses={200: MeOutputSerializer, **errors(401)})
     def get(self, request: Request) -> Response:
@@ -400,10 +424,31 @@ class MeCodeApi(APIView):
 # -----------------------------------------------------------------------------
 def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
-        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        from django.utils.translation import gettext as _
+
+        raise serializers.ValidationError({"non_field_errors": [_("Expected a JSON object.")]})
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
+
+
+# Besides letters (any script), combining marks and spaces: the punctuation of
+# real names (O'Neil, Jean-Luc, J. Smith, 阿依古丽·买买提).
+_NAME_PUNCTUATION = frozenset("'’-.·・")
+
+
+def _name_check(value: str) -> str:
+    """A person's name, as printed on receipts and sent in messages: digits,
+    markup (``<script>``), emoji, symbols and control or direction-changing
+    characters are refused with a clear error rather than stored."""
+    from django.utils.translation import gettext as _
+
+    for char in value:
+        category = unicodedata.category(char)
+        if category[0] in "LM" or category == "Zs" or char in _NAME_PUNCTUATION:
+            continue
+        raise serializers.ValidationError(_("Use letters, spaces and ' - . · only in a name."))
+    return value
 
 
 def _birthday_check(value: Any) -> Any:

@@ -21,6 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
+from loyalty.forms import ThrottledAuthenticationForm
 from members.selectors import clerk_store_for, clerk_terminal_for
 
 # What the clerk should do next, per stable API error code. The API's own
@@ -137,6 +138,8 @@ TEXTS: dict[str, Any] = {
 
 class ConsoleLoginView(LoginView):
     template_name = "console/login.html"
+    # Failed sign-ins are counted and throttled (loyalty.throttle).
+    authentication_form = ThrottledAuthenticationForm
     next_page = reverse_lazy("console:home")
 
 

@@ -30,6 +30,7 @@ def _config() -> dict[str, Any]:
         "api": {
             "wechat": reverse("auth-wechat"),
             "register": reverse("auth-register"),
+            "logout": reverse("auth-logout"),
             "me": reverse("me"),
             "code": reverse("me-code"),
             "ledger": reverse("me-ledger"),

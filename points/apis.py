@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -10,43 +11,109 @@ from django.db import transaction
 from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from campaigns.errors import CouponNotFound
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
 from loyalty.errors import NotFound
+from loyalty.throttle import failure_record, failures_check
 from members.apis import _valid
 from members.errors import MemberNotFound, UnknownStore
 from members.models import Member, Store, Terminal
 from members.selectors import member_resolve
 from points import selectors, services
+from points.errors import PurchaseNotFound
 from points.models import PointsAdjustment, PointsEntry
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     location=OpenApiParameter.HEADER,
     required=False,
+    # What loyalty.api.idempotency accepts: 1 to 128 printable ASCII characters
+    # (spaces only inside: HTTP servers strip them at the ends).
+    type={"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]([ -~]*[!-~])?$"},
     description="A retry with the same key and body returns the first response and changes nothing.",
 )
 RECEIPT_MAX = 64
+_PLAIN_DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+
+
+@extend_schema_field(
+    {"type": "string", "format": "decimal", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,2})?$", "example": "128.50"}
+)
+class MoneyField(serializers.DecimalField):
+    """An amount in CNY: a JSON number or a plain decimal string such as
+    "128.50". Strings in exponent notation ("1e3"), with full-width digits
+    ("１２８.５０") or with "NaN"/"Infinity" are refused: a till sends the
+    amount it printed, and a look-alike is a bug to report, not to guess."""
+
+    default_error_messages = {"plain": _("Use a plain decimal amount such as 128.50.")}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and not _PLAIN_DECIMAL.fullmatch(data.strip()):
+            self.fail("plain")
+        return super().to_internal_value(data)
 
 
 def _money_field(**kwargs: Any) -> serializers.DecimalField:
-    return serializers.DecimalField(
+    return MoneyField(
         max_digits=12,
         decimal_places=2,
         min_value=Decimal("0.01"),
         max_value=settings.LOYALTY_PURCHASE_MAX_AMOUNT,
         **kwargs,
     )
+
+
+def _json_text_ok(value: Any) -> bool:
+    """Whether every key and string in ``value`` can be stored in PostgreSQL
+    ``jsonb``: no NUL (``\\u0000``) and no unpaired surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+class LineField(serializers.DictField):
+    """One line of the bill, kept as the till sent it (JSON object)."""
+
+    default_error_messages = {"text": _("Text in a line must not contain NUL or unpaired surrogate characters.")}
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not _json_text_ok(value):
+            self.fail("text")
+        return value
+
+
+def _receipt_from_path(receipt_no: str) -> str:
+    """The receipt number in a URL. One that no purchase can have (longer than
+    the column, or with NUL, which PostgreSQL text cannot hold) is not found,
+    without a query, and is never cut down to another receipt's number."""
+    if len(receipt_no) > RECEIPT_MAX or "\x00" in receipt_no:
+        raise PurchaseNotFound(receipt_no=receipt_no[:RECEIPT_MAX].replace("\x00", ""))
+    return receipt_no
 
 
 class ReceiptField(serializers.RegexField):
@@ -75,7 +142,7 @@ class PurchaseInputSerializer(serializers.Serializer):
     receipt_no = ReceiptField()
     amount = _money_field(help_text="Amount of the bill in CNY, after discounts other than points.")
     paid_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    lines = serializers.ListField(child=serializers.DictField(), required=False, default=list, max_length=500)
+    lines = serializers.ListField(child=LineField(), required=False, default=list, max_length=500)
     points_to_use = serializers.IntegerField(min_value=0, max_value=10**9, required=False, default=0)
     coupon_codes = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, default=list, max_length=20
@@ -149,20 +216,28 @@ class PurchaseCreateApi(APIView):
         terminal: Terminal = request.user
 
         def operation() -> tuple[int, Any]:
+            # Coupon codes guessed inside purchases count with those of the
+            # write-off endpoint: one throttle per terminal for both.
+            if data["coupon_codes"]:
+                failures_check(kind="coupon", terminal=terminal)
             identified = None
             if data["member"].strip():
                 identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
-            result = services.purchase_record(
-                store=terminal.store,
-                terminal=terminal,
-                receipt_no=data["receipt_no"],
-                amount=data["amount"],
-                paid_at=data["paid_at"],
-                identified=identified,
-                lines=data["lines"],
-                points_to_use=data["points_to_use"],
-                coupon_codes=data["coupon_codes"],
-            )
+            try:
+                result = services.purchase_record(
+                    store=terminal.store,
+                    terminal=terminal,
+                    receipt_no=data["receipt_no"],
+                    amount=data["amount"],
+                    paid_at=data["paid_at"],
+                    identified=identified,
+                    lines=data["lines"],
+                    points_to_use=data["points_to_use"],
+                    coupon_codes=data["coupon_codes"],
+                )
+            except CouponNotFound:
+                failure_record(kind="coupon", terminal=terminal, reason="not_found")
+                raise
             return 201, purchase_output(result)
 
         return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
@@ -185,11 +260,14 @@ class PurchasePreviewApi(APIView):
         operation_id="terminal_purchase_preview",
         tags=["terminal"],
         request=PurchaseInputSerializer,
-        responses={200: PreviewOutputSerializer, **errors(400, 401, 403, 409, 410, 429)},
+        responses={200: PreviewOutputSerializer, **errors(400, 401, 403, 404, 409, 410, 429)},
     )
     def post(self, request: Request) -> Response:
         data = _valid(PurchaseInputSerializer, request)
         terminal: Terminal = request.user
+        if data["paid_at"] is not None:
+            # Refuse what the purchase would refuse, rather than preview it.
+            services._paid_at_check(data["paid_at"], timezone.now())
         identified = None
         if data["member"].strip():
             identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
@@ -235,7 +313,7 @@ class RefundCreateApi(APIView):
             result = services.purchase_refund(
                 store=terminal.store,
                 terminal=terminal,
-                receipt_no=receipt_no[:RECEIPT_MAX],
+                receipt_no=_receipt_from_path(receipt_no),
                 refund_no=data["refund_no"],
                 amount=data["amount"],
             )
@@ -275,6 +353,7 @@ class MeLedgerApi(APIView):
 
     authentication_classes = [MemberTokenAuthentication]
     permission_classes = [IsMember]
+    pagination_class = StandardPagination  # documents the paginated envelope in the schema
 
     class LedgerFilterSerializer(serializers.Serializer):
         kind = serializers.MultipleChoiceField(choices=PointsEntry.Kind.choices, required=False)
@@ -287,7 +366,7 @@ class MeLedgerApi(APIView):
         operation_id="me_ledger",
         tags=["member"],
         parameters=[LedgerFilterSerializer],
-        responses={200: EntryOutputSerializer(many=True), **errors(400, 401)},
+        responses={200: EntryOutputSerializer(many=True), **errors(400, 401, 404)},
     )
     def get(self, request: Request) -> Response:
         filters = self.LedgerFilterSerializer(data=request.query_params)

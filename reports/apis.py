@@ -1,4 +1,9 @@
-"""Operator API of the reports app: the monthly KPIs as JSON."""
+"""Operator API of the reports app: the monthly KPIs as JSON.
+
+Who asks (session, user, permissions, staff profile) is checked on the
+primary; the figures and their ``as_of`` are read from
+``loyalty.dbrouters.reporting_alias()`` (the reporting replica when one is
+configured), both from the same database so that they agree."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from datetime import date
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -15,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from loyalty.api.schema import errors
+from loyalty.dbrouters import reporting_alias
 from loyalty.errors import Forbidden
 from members.models import Store, Tier
 from reports import selectors
@@ -62,7 +69,12 @@ class ReportMonthlyApi(APIView):
             year, month = value.split("-")
             if int(year) < 2000:
                 raise serializers.ValidationError(_("Use the form YYYY-MM."))
-            return date(int(year), int(month), 1)
+            first = date(int(year), int(month), 1)
+            # As the report page: no month after this one (9999-12 would also
+            # overflow the month arithmetic).
+            if first > timezone.localdate().replace(day=1):
+                raise serializers.ValidationError(_("Choose a month between 2000-01 and this month."))
+            return first
 
     class OutputSerializer(serializers.Serializer):
         month = serializers.CharField(help_text="YYYY-MM")
@@ -110,12 +122,13 @@ class ReportMonthlyApi(APIView):
             if scope.store_id is None or (store is not None and store.pk != scope.store_id):
                 raise Forbidden()
             store = Store.objects.get(pk=scope.store_id)
-        kpis = selectors.kpis_monthly(month=month, store=store, tier=tier)
+        using = reporting_alias()
+        kpis = selectors.kpis_monthly(month=month, store=store, tier=tier, using=using)
         data = {
             "month": f"{month:%Y-%m}",
             "store": store.code if store else None,
             "tier": tier.code if tier else None,
-            "as_of": selectors.report_as_of(month=month),
+            "as_of": selectors.report_as_of(month=month, using=using),
             **kpis,
         }
         return Response(self.OutputSerializer(data).data)

@@ -25,6 +25,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS
 from django.utils.translation import gettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
@@ -101,12 +102,15 @@ KNOWN_LABELS: dict[str, Any] = {
 @dataclass(frozen=True)
 class ReportQuery:
     """What a report page or an export shows. ``store_locked``: the user is
-    bound to ``store`` and may see nothing chain-wide (``TableSpec.chain_only``)."""
+    bound to ``store`` and may see nothing chain-wide (``TableSpec.chain_only``).
+    ``using``: the database the figures are read from (the pages pass
+    ``loyalty.dbrouters.reporting_alias()``)."""
 
     month: date
     store: Store | None = None
     tier: Tier | None = None
     store_locked: bool = False
+    using: str = DEFAULT_DB_ALIAS
 
 
 @dataclass
@@ -151,7 +155,8 @@ def _kpi_rows(items: Iterable[dict[str, Any]], lead: list[str]) -> list[list[Any
 
 
 def kpis_table(query: ReportQuery, kpis: dict[str, Any] | None = None) -> Table:
-    kpis = kpis if kpis is not None else selectors.kpis_monthly(month=query.month, **scope_kwargs(query))
+    if kpis is None:
+        kpis = selectors.kpis_monthly(month=query.month, **scope_kwargs(query), using=query.using)
     return Table(
         name="kpis",
         title=TABLES["kpis"].title,
@@ -167,7 +172,9 @@ def kpis_table(query: ReportQuery, kpis: dict[str, Any] | None = None) -> Table:
 
 def trend_table(query: ReportQuery, trend: Rows | None = None) -> Table:
     if trend is None:
-        trend = selectors.kpis_trend(end_month=query.month, months=TREND_MONTHS, **scope_kwargs(query))
+        trend = selectors.kpis_trend(
+            end_month=query.month, months=TREND_MONTHS, **scope_kwargs(query), using=query.using
+        )
     return Table(
         name="trend",
         title=TABLES["trend"].title,
@@ -178,7 +185,8 @@ def trend_table(query: ReportQuery, trend: Rows | None = None) -> Table:
 
 def stores_table(query: ReportQuery, rows: Rows | None = None) -> Table:
     """Every store (one store's own for a store-bound user), in the query's tier."""
-    rows = rows if rows is not None else selectors.kpis_by_store(month=query.month, tier=query.tier)
+    if rows is None:
+        rows = selectors.kpis_by_store(month=query.month, tier=query.tier, using=query.using)
     if query.store_locked:
         code = query.store.code if query.store else None
         rows = [row for row in rows if row.get("store_code") == code]
@@ -196,7 +204,8 @@ def stores_table(query: ReportQuery, rows: Rows | None = None) -> Table:
 
 def tiers_table(query: ReportQuery, rows: Rows | None = None) -> Table:
     """Every tier, in the query's store."""
-    rows = rows if rows is not None else selectors.kpis_by_tier(month=query.month, store=query.store)
+    if rows is None:
+        rows = selectors.kpis_by_tier(month=query.month, store=query.store, using=query.using)
     return Table(
         name="tiers",
         title=TABLES["tiers"].title,
@@ -209,15 +218,16 @@ def tiers_table(query: ReportQuery, rows: Rows | None = None) -> Table:
     )
 
 
-def tier_names() -> dict[str, str]:
+def tier_names(using: str = DEFAULT_DB_ALIAS) -> dict[str, str]:
     """Tier code → name, in rank order."""
-    return dict(Tier.objects.order_by("rank").values_list("code", "name"))
+    return dict(Tier.objects.using(using).order_by("rank").values_list("code", "name"))
 
 
 def tier_distribution_table(query: ReportQuery, kpis: dict[str, Any] | None = None) -> Table:
-    kpis = kpis if kpis is not None else selectors.kpis_monthly(month=query.month, **scope_kwargs(query))
+    if kpis is None:
+        kpis = selectors.kpis_monthly(month=query.month, **scope_kwargs(query), using=query.using)
     distribution = kpis.get("tier_distribution") or {}
-    names = tier_names()
+    names = tier_names(query.using)
     return Table(
         name="tier_distribution",
         title=TABLES["tier_distribution"].title,
@@ -237,8 +247,9 @@ def enrolment_label() -> str:
 
 def tier_movement_table(query: ReportQuery, rows: Rows | None = None) -> Table:
     """Moves in the month of the members registered at the query's store."""
-    rows = rows if rows is not None else selectors.tier_movement_matrix(month=query.month, store=query.store)
-    names = tier_names()
+    if rows is None:
+        rows = selectors.tier_movement_matrix(month=query.month, store=query.store, using=query.using)
+    names = tier_names(query.using)
     return Table(
         name="tier_movement",
         title=TABLES["tier_movement"].title,
@@ -264,7 +275,7 @@ def tier_movement_table(query: ReportQuery, rows: Rows | None = None) -> Table:
 
 def cohort_retention_table(query: ReportQuery, cohorts: Rows | None = None) -> Table:
     if cohorts is None:
-        cohorts = selectors.cohort_retention(end_month=query.month, months=COHORT_MONTHS)
+        cohorts = selectors.cohort_retention(end_month=query.month, months=COHORT_MONTHS, using=query.using)
     width = max((len(cohort["retention"]) for cohort in cohorts), default=0)
     return Table(
         name="cohort_retention",
@@ -316,22 +327,24 @@ CAMPAIGN_COLUMNS = (
 
 
 def rfm_table(query: ReportQuery, rows: Rows | None = None) -> Table:
-    rows = rows if rows is not None else selectors.rfm_segment_map(store=query.store)
+    rows = rows if rows is not None else selectors.rfm_segment_map(store=query.store, using=query.using)
     return _keyed_table("rfm", rows, RFM_COLUMNS)
 
 
 def breakage_table(query: ReportQuery, rows: Rows | None = None) -> Table:
-    rows = rows if rows is not None else selectors.breakage_by_cohort(end_month=query.month, months=COHORT_MONTHS)
+    if rows is None:
+        rows = selectors.breakage_by_cohort(end_month=query.month, months=COHORT_MONTHS, using=query.using)
     return _keyed_table("breakage", rows, BREAKAGE_COLUMNS)
 
 
 def coupon_write_off_table(query: ReportQuery, rows: Rows | None = None) -> Table:
-    rows = rows if rows is not None else selectors.coupon_write_off_by_benefit(month=query.month, store=query.store)
+    if rows is None:
+        rows = selectors.coupon_write_off_by_benefit(month=query.month, store=query.store, using=query.using)
     return _keyed_table("coupon_write_off", rows, COUPON_COLUMNS)
 
 
 def campaigns_table(query: ReportQuery, rows: Rows | None = None) -> Table:
-    rows = rows if rows is not None else selectors.campaign_results_for_month(month=query.month)
+    rows = rows if rows is not None else selectors.campaign_results_for_month(month=query.month, using=query.using)
     return _keyed_table("campaigns", rows, CAMPAIGN_COLUMNS)
 
 

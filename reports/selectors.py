@@ -66,6 +66,14 @@ followed (``TierChange.created_at`` is when the change was recorded).
 ``kpis_monthly`` reads the rollups (``reports.services.rollups_build``) only;
 ``kpis_monthly_raw`` computes the same figures from the raw rows with other
 SQL, for tests and audits.
+
+Every report selector reads the database named by ``using``: the primary
+(``default``) unless the caller passes another alias. The report pages,
+exports and API pass ``loyalty.dbrouters.reporting_alias()`` (the reporting
+replica when one is configured); the jobs that build rollups and snapshots
+read the primary they write. "As of" (``built_through``) is read from the
+same database as the figures, so a lagging replica shows figures and the
+moment they are as of that agree.
 """
 
 from __future__ import annotations
@@ -78,7 +86,7 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Max, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
@@ -145,18 +153,18 @@ STOCK_FIELDS = (
 # -----------------------------------------------------------------------------
 # Arguments and shared arithmetic
 # -----------------------------------------------------------------------------
-def _store_id(store: Store | str | None) -> int | None:
+def _store_id(store: Store | str | None, using: str = DEFAULT_DB_ALIAS) -> int | None:
     """A store given as a ``Store`` or its code (``Store.DoesNotExist`` if unknown)."""
     if store is None or isinstance(store, Store):
         return store.pk if store is not None else None
-    return Store.objects.values_list("pk", flat=True).get(code=store)
+    return Store.objects.using(using).values_list("pk", flat=True).get(code=store)
 
 
-def _tier_id(tier: Tier | str | None) -> int | None:
+def _tier_id(tier: Tier | str | None, using: str = DEFAULT_DB_ALIAS) -> int | None:
     """A tier given as a ``Tier`` or its code (``Tier.DoesNotExist`` if unknown)."""
     if tier is None or isinstance(tier, Tier):
         return tier.pk if tier is not None else None
-    return Tier.objects.values_list("pk", flat=True).get(code=tier)
+    return Tier.objects.using(using).values_list("pk", flat=True).get(code=tier)
 
 
 def _ratio(numerator: Any, denominator: Any, places: Decimal) -> Decimal:
@@ -165,8 +173,8 @@ def _ratio(numerator: Any, denominator: Any, places: Decimal) -> Decimal:
     return (Decimal(numerator) / Decimal(denominator)).quantize(places, rounding=ROUND_HALF_UP)
 
 
-def _tiers() -> list[tuple[int, str, str]]:
-    return list(Tier.objects.order_by("rank").values_list("pk", "code", "name"))
+def _tiers(using: str = DEFAULT_DB_ALIAS) -> list[tuple[int, str, str]]:
+    return list(Tier.objects.using(using).order_by("rank").values_list("pk", "code", "name"))
 
 
 def _compose(flows: dict[str, Any], stocks: dict[str, Any], distribution: dict[str, int]) -> dict[str, Any]:
@@ -205,17 +213,18 @@ def _compose(flows: dict[str, Any], stocks: dict[str, Any], distribution: dict[s
     }
 
 
-def built_through() -> datetime | None:
-    """End of the last day the rollups have built (None before the first build)."""
-    last = RollupDay.objects.aggregate(last=Max("day"))["last"]
+def built_through(*, using: str = DEFAULT_DB_ALIAS) -> datetime | None:
+    """End of the last day the rollups have built (None before the first
+    build), in the database ``using``: on a replica, what it has replayed."""
+    last = RollupDay.objects.using(using).aggregate(last=Max("day"))["last"]
     return local_midnight(last + timedelta(days=1)) if last is not None else None
 
 
-def report_as_of(*, month: date) -> datetime:
+def report_as_of(*, month: date, using: str = DEFAULT_DB_ALIAS) -> datetime:
     """The moment month-end figures of ``month`` are taken at: its end, or the
     end of the last built day while the month is not over."""
     _, end = month_bounds(month)
-    through = built_through()
+    through = built_through(using=using)
     return min(end, through) if through is not None else end
 
 
@@ -241,11 +250,12 @@ def _rollup_kpis(
     tier_id: int | None,
     by: str | None,
     keys: list[int | None] | None = None,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> dict[tuple[date, int | None], dict[str, Any]]:
     """KPIs of every (month, key) from the rollups, in four queries whatever
     the number of months and keys; a key is a store or tier id when ``by`` is
     "store" or "tier" (``keys``: which ones), else None."""
-    tiers = _tiers()
+    tiers = _tiers(using)
     cells: Q = Q()
     if store_id is not None:
         cells &= Q(store_id=store_id)
@@ -255,7 +265,8 @@ def _rollup_kpis(
 
     group = ["month"] + ([key_field] if key_field else [])
     flows_rows = (
-        DailyRollup.objects.filter(cells, day__gte=min(months), day__lt=month_next(max(months)))
+        DailyRollup.objects.using(using)
+        .filter(cells, day__gte=min(months), day__lt=month_next(max(months)))
         .annotate(month=TruncMonth("day"))
         .values(*group)
         .annotate(**{name: Sum(name) for name in DAILY_COLUMNS})
@@ -263,8 +274,10 @@ def _rollup_kpis(
     )
     flows = {(row["month"], row[key_field] if key_field else None): row for row in flows_rows}
 
-    stock_rows = MonthlyRollup.objects.filter(cells, month__in=months, scope=_scope(store_id, tier_id, by)).values(
-        "month", "store_id", "tier_id", *STOCK_FIELDS
+    stock_rows = (
+        MonthlyRollup.objects.using(using)
+        .filter(cells, month__in=months, scope=_scope(store_id, tier_id, by))
+        .values("month", "store_id", "tier_id", *STOCK_FIELDS)
     )
     stocks = {(row["month"], row[key_field] if key_field else None): row for row in stock_rows}
 
@@ -273,8 +286,10 @@ def _rollup_kpis(
         dist_rows: Iterable[dict[str, Any]] = stock_rows
     else:
         dist_scope = MonthlyRollup.Scope.STORE_TIER if store_id is not None or by == "store" else MonthlyRollup.Scope.TIER
-        dist_rows = MonthlyRollup.objects.filter(cells, month__in=months, scope=dist_scope).values(
-            "month", "store_id", "tier_id", "members_at_month_end"
+        dist_rows = (
+            MonthlyRollup.objects.using(using)
+            .filter(cells, month__in=months, scope=dist_scope)
+            .values("month", "store_id", "tier_id", "members_at_month_end")
         )
     distributions: dict[tuple[date, int | None], dict[int, int]] = defaultdict(dict)
     for row in dist_rows:
@@ -293,40 +308,60 @@ def _rollup_kpis(
     return result
 
 
-def kpis_monthly(*, month: date, store: Store | str | None = None, tier: Tier | str | None = None) -> dict[str, Any]:
+def kpis_monthly(
+    *,
+    month: date,
+    store: Store | str | None = None,
+    tier: Tier | str | None = None,
+    using: str = DEFAULT_DB_ALIAS,
+) -> dict[str, Any]:
     """Every KPI of ``month`` (see the module docstring), for the whole chain or
     one store and/or tier (a ``Store``/``Tier`` or its code), from the
     rollups. A month not built yet reads as zeros."""
     month = month_first(month)
-    store_id, tier_id = _store_id(store), _tier_id(tier)
-    return _rollup_kpis([month], store_id=store_id, tier_id=tier_id, by=None)[(month, None)]
+    store_id, tier_id = _store_id(store, using), _tier_id(tier, using)
+    return _rollup_kpis([month], store_id=store_id, tier_id=tier_id, by=None, using=using)[(month, None)]
 
 
 def kpis_trend(
-    *, end_month: date, months: int = 13, store: Store | str | None = None, tier: Tier | str | None = None
+    *,
+    end_month: date,
+    months: int = 13,
+    store: Store | str | None = None,
+    tier: Tier | str | None = None,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> list[dict[str, Any]]:
     """``{"month": date, **kpis_monthly}`` for the ``months`` months ending with ``end_month``, oldest first."""
     end_month = month_first(end_month)
     span = [end_month - relativedelta(months=offset) for offset in range(months - 1, -1, -1)]
-    figures = _rollup_kpis(span, store_id=_store_id(store), tier_id=_tier_id(tier), by=None)
+    figures = _rollup_kpis(span, store_id=_store_id(store, using), tier_id=_tier_id(tier, using), by=None, using=using)
     return [{"month": month, **figures[(month, None)]} for month in span]
 
 
-def kpis_by_store(*, month: date, tier: Tier | str | None = None) -> list[dict[str, Any]]:
+def kpis_by_store(
+    *, month: date, tier: Tier | str | None = None, using: str = DEFAULT_DB_ALIAS
+) -> list[dict[str, Any]]:
     """``{"store_code", "store_name", **kpis_monthly}`` for every store, by code."""
     month = month_first(month)
-    stores = list(Store.objects.order_by("code").values_list("pk", "code", "name"))
+    stores = list(Store.objects.using(using).order_by("code").values_list("pk", "code", "name"))
     figures = _rollup_kpis(
-        [month], store_id=None, tier_id=_tier_id(tier), by="store", keys=[pk for pk, _, _ in stores]
+        [month],
+        store_id=None,
+        tier_id=_tier_id(tier, using),
+        by="store",
+        keys=[pk for pk, _, _ in stores],
+        using=using,
     )
     return [{"store_code": code, "store_name": name, **figures[(month, pk)]} for pk, code, name in stores]
 
 
-def kpis_by_tier(*, month: date, store: Store | str | None = None) -> list[dict[str, Any]]:
+def kpis_by_tier(
+    *, month: date, store: Store | str | None = None, using: str = DEFAULT_DB_ALIAS
+) -> list[dict[str, Any]]:
     """``{"tier_code", "tier_name", **kpis_monthly}`` for every tier, by rank."""
     month = month_first(month)
-    figures = _rollup_kpis([month], store_id=_store_id(store), tier_id=None, by="tier")
-    return [{"tier_code": code, "tier_name": name, **figures[(month, pk)]} for pk, code, name in _tiers()]
+    figures = _rollup_kpis([month], store_id=_store_id(store, using), tier_id=None, by="tier", using=using)
+    return [{"tier_code": code, "tier_name": name, **figures[(month, pk)]} for pk, code, name in _tiers(using)]
 
 
 # -----------------------------------------------------------------------------
@@ -353,8 +388,8 @@ def _raw_filter(store_column: str, tier_expression: str, store_id: int | None, t
     return sql
 
 
-def _fetch(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
+def _fetch(sql: str, params: dict[str, Any], using: str = DEFAULT_DB_ALIAS) -> list[tuple[Any, ...]]:
+    with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -534,13 +569,15 @@ def kpis_monthly_raw(
 # -----------------------------------------------------------------------------
 # Other report tables
 # -----------------------------------------------------------------------------
-def tier_movement_matrix(*, month: date, store: Store | str | None = None) -> list[dict[str, Any]]:
+def tier_movement_matrix(
+    *, month: date, store: Store | str | None = None, using: str = DEFAULT_DB_ALIAS
+) -> list[dict[str, Any]]:
     """Members who moved from one tier to another in ``month`` (up to its
     "as of"): ``{"from": code or None (enrolment), "to": code, "members": n}``,
     by from rank then to rank; optionally for members registered at ``store``."""
     month = month_first(month)
     start, _ = month_bounds(month)
-    store_id = _store_id(store)
+    store_id = _store_id(store, using)
     rows = _fetch(
         "SELECT f.code, t.code, COUNT(DISTINCT tc.member_id) FROM members_tierchange tc "
         "LEFT JOIN members_tier f ON f.id = tc.from_tier_id JOIN members_tier t ON t.id = tc.to_tier_id "
@@ -548,7 +585,8 @@ def tier_movement_matrix(*, month: date, store: Store | str | None = None) -> li
         "WHERE tc.created_at >= %(start)s AND tc.created_at < %(as_of)s"
         + (" AND m.registration_store_id = %(store_id)s" if store_id is not None else "")
         + " GROUP BY f.code, f.rank, t.code, t.rank ORDER BY f.rank NULLS FIRST, t.rank",
-        {"start": start, "as_of": report_as_of(month=month), "store_id": store_id},
+        {"start": start, "as_of": report_as_of(month=month, using=using), "store_id": store_id},
+        using,
     )
     return [{"from": from_code, "to": to_code, "members": members} for from_code, to_code, members in rows]
 
@@ -558,20 +596,20 @@ def _cohorts(end_month: date, months: int) -> list[date]:
     return [end_month - relativedelta(months=offset) for offset in range(months - 1, -1, -1)]
 
 
-def cohort_retention(*, end_month: date, months: int = 12) -> list[dict[str, Any]]:
+def cohort_retention(*, end_month: date, months: int = 12, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
     """For each registration month of the ``months`` ending with ``end_month``:
     its size (new members, closed ones included) and, for k = 0, 1, … up to
     ``end_month``, the share of them with a purchase in the k-th month after
     (4 places)."""
     cohorts = _cohorts(end_month, months)
     sizes = dict(
-        MonthlyRollup.objects.filter(month__in=cohorts, scope=MonthlyRollup.Scope.ALL).values_list(
-            "month", "new_members"
-        )
+        MonthlyRollup.objects.using(using)
+        .filter(month__in=cohorts, scope=MonthlyRollup.Scope.ALL)
+        .values_list("month", "new_members")
     )
     active = {
         (cohort, month): members
-        for cohort, month, members in CohortActivity.objects.filter(
+        for cohort, month, members in CohortActivity.objects.using(using).filter(
             cohort__in=cohorts, month__gte=cohorts[0], month__lte=cohorts[-1]
         ).values_list("cohort", "month", "members")
     }
@@ -583,21 +621,23 @@ def cohort_retention(*, end_month: date, months: int = 12) -> list[dict[str, Any
     return result
 
 
-def breakage_by_cohort(*, end_month: date, months: int = 12) -> list[dict[str, Any]]:
+def breakage_by_cohort(*, end_month: date, months: int = 12, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
     """For each earning month of the ``months`` ending with ``end_month``: points
     issued in it (``points_issued``), points of lots opened in it that expired
     so far (up to the last built day), and their ratio (4 places)."""
     cohorts = _cohorts(end_month, months)
     issued = {
         row["month"]: row["points"]
-        for row in DailyRollup.objects.filter(day__gte=cohorts[0], day__lt=month_next(cohorts[-1]))
+        for row in DailyRollup.objects.using(using)
+        .filter(day__gte=cohorts[0], day__lt=month_next(cohorts[-1]))
         .annotate(month=TruncMonth("day"))
         .values("month")
         .annotate(points=Sum("points_issued"))
         .order_by()
     }
     expired = dict(
-        ExpiryCohortRollup.objects.filter(cohort__in=cohorts)
+        ExpiryCohortRollup.objects.using(using)
+        .filter(cohort__in=cohorts)
         .values("cohort")
         .annotate(points=Sum("points"))
         .order_by()
@@ -614,14 +654,16 @@ def breakage_by_cohort(*, end_month: date, months: int = 12) -> list[dict[str, A
     ]
 
 
-def coupon_write_off_by_benefit(*, month: date, store: Store | str | None = None) -> list[dict[str, Any]]:
+def coupon_write_off_by_benefit(
+    *, month: date, store: Store | str | None = None, using: str = DEFAULT_DB_ALIAS
+) -> list[dict[str, Any]]:
     """Per benefit with coupons issued or written off in ``month`` (up to its "as
     of"): ``{"benefit": name, "issued", "written_off", "rate"}`` with the
     definitions of ``coupons_issued`` / ``coupons_written_off``; optionally for
     members registered at ``store``. Sorted by name."""
     month = month_first(month)
     start, _ = month_bounds(month)
-    store_id = _store_id(store)
+    store_id = _store_id(store, using)
     member_join = "LEFT JOIN members_member m ON m.id = c.member_id"
     store_filter = " AND m.registration_store_id = %(store_id)s" if store_id is not None else ""
     rows = _fetch(
@@ -643,7 +685,8 @@ def coupon_write_off_by_benefit(*, month: date, store: Store | str | None = None
         JOIN campaigns_benefit b ON b.id = COALESCE(i.benefit_id, w.benefit_id)
         ORDER BY b.name, b.id
         """,
-        {"start": start, "as_of": report_as_of(month=month), "store_id": store_id},
+        {"start": start, "as_of": report_as_of(month=month, using=using), "store_id": store_id},
+        using,
     )
     return [
         {"benefit": name, "issued": issued, "written_off": written_off, "rate": _ratio(written_off, issued, RATE)}
@@ -651,7 +694,7 @@ def coupon_write_off_by_benefit(*, month: date, store: Store | str | None = None
     ]
 
 
-def campaign_results_for_month(*, month: date) -> list[dict[str, Any]]:
+def campaign_results_for_month(*, month: date, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
     """``{"campaign": name, **campaign_results}`` for every campaign that ran
     during ``month`` (not a draft; started before its end, not ended before
     its start), by start. The results are the campaign's totals to date
@@ -662,18 +705,19 @@ def campaign_results_for_month(*, month: date) -> list[dict[str, Any]]:
 
     start, end = month_bounds(month_first(month))
     campaigns = (
-        Campaign.objects.exclude(status=Campaign.Status.DRAFT)
+        Campaign.objects.using(using)
+        .exclude(status=Campaign.Status.DRAFT)
         .filter(starts_at__lt=end)
         .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=start))
         .order_by("starts_at", "pk")
     )
-    return [{"campaign": campaign.name, **campaign_results(campaign=campaign)} for campaign in campaigns]
+    return [{"campaign": campaign.name, **campaign_results(campaign=campaign, using=using)} for campaign in campaigns]
 
 
 RFM_CACHE_SECONDS = 2 * 24 * 3600
 
 
-def _rfm_figures(*, store_id: int | None, as_of: datetime) -> dict[str, tuple[Any, ...]]:
+def _rfm_figures(*, store_id: int | None, as_of: datetime, using: str) -> dict[str, tuple[Any, ...]]:
     """(members, average recency days, average frequency, average monetary) by group."""
     store_filter = " AND m.registration_store_id = %(store_id)s" if store_id is not None else ""
     params = {
@@ -690,6 +734,7 @@ def _rfm_figures(*, store_id: int | None, as_of: datetime) -> dict[str, tuple[An
             "FROM members_member m WHERE m.status <> 'closed' AND m.rfm_group <> ''" + store_filter
             + " GROUP BY m.rfm_group",
             params,
+            using,
         )
     }
     # Summed by group directly: a group's average is its total over its members.
@@ -702,6 +747,7 @@ def _rfm_figures(*, store_id: int | None, as_of: datetime) -> dict[str, tuple[An
             + " AND p.refunded_amount < p.amount AND p.paid_at > %(since)s AND p.paid_at <= %(as_of)s"
             " GROUP BY m.rfm_group",
             params,
+            using,
         )
     }
     figures = {}
@@ -711,7 +757,7 @@ def _rfm_figures(*, store_id: int | None, as_of: datetime) -> dict[str, tuple[An
     return figures
 
 
-def rfm_segment_map(*, store: Store | str | None = None) -> list[dict[str, Any]]:
+def rfm_segment_map(*, store: Store | str | None = None, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
     """Members (not closed) of each RFM group as the nightly segmentation last
     assigned it, with the raw values behind the scores as of that run: local
     days since the last purchase, purchases not fully refunded and net spend
@@ -726,16 +772,16 @@ def rfm_segment_map(*, store: Store | str | None = None) -> list[dict[str, Any]]
 
     from loyalty.models import Heartbeat
 
-    beat = Heartbeat.objects.filter(name="segments_compute").first()
+    beat = Heartbeat.objects.using(using).filter(name="segments_compute").first()
     as_of = datetime.fromisoformat(beat.detail["as_of"]) if beat and beat.detail.get("as_of") else None
-    store_id = _store_id(store)
+    store_id = _store_id(store, using)
     if as_of is None:
-        found = _rfm_figures(store_id=store_id, as_of=timezone.now())
+        found = _rfm_figures(store_id=store_id, as_of=timezone.now(), using=using)
     else:
         key = f"reports:rfm:{as_of.isoformat()}:{store_id or 'all'}"
         found = cache.get(key)
         if found is None:
-            found = _rfm_figures(store_id=store_id, as_of=as_of)
+            found = _rfm_figures(store_id=store_id, as_of=as_of, using=using)
             cache.set(key, found, RFM_CACHE_SECONDS)
 
     def rounded(value: Any, places: str) -> Decimal | None:
@@ -757,20 +803,20 @@ def rfm_segment_map(*, store: Store | str | None = None) -> list[dict[str, Any]]
     return result
 
 
-def report_data(*, month: date) -> dict[str, Any]:
+def report_data(*, month: date, using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
     """Everything the monthly report shows for ``month``, as recorded in a
     ``MonthlyKpiSnapshot`` (JSON-able with ``DjangoJSONEncoder``)."""
     month = month_first(month)
     return {
         "month": month.strftime("%Y-%m"),
-        "as_of": report_as_of(month=month),
-        "kpis": kpis_monthly(month=month),
-        "by_store": kpis_by_store(month=month),
-        "by_tier": kpis_by_tier(month=month),
-        "tier_movement": tier_movement_matrix(month=month),
-        "coupon_write_off_by_benefit": coupon_write_off_by_benefit(month=month),
-        "campaigns": campaign_results_for_month(month=month),
-        "cohort_retention": cohort_retention(end_month=month),
-        "breakage_by_cohort": breakage_by_cohort(end_month=month),
+        "as_of": report_as_of(month=month, using=using),
+        "kpis": kpis_monthly(month=month, using=using),
+        "by_store": kpis_by_store(month=month, using=using),
+        "by_tier": kpis_by_tier(month=month, using=using),
+        "tier_movement": tier_movement_matrix(month=month, using=using),
+        "coupon_write_off_by_benefit": coupon_write_off_by_benefit(month=month, using=using),
+        "campaigns": campaign_results_for_month(month=month, using=using),
+        "cohort_retention": cohort_retention(end_month=month, using=using),
+        "breakage_by_cohort": breakage_by_cohort(end_month=month, using=using),
     }
 

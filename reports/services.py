@@ -47,7 +47,7 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.utils import timezone
 
 from loyalty.models import Heartbeat
@@ -654,11 +654,13 @@ def rollups_build(*, until: date | None = None, since: date | None = None) -> Ro
 def kpi_snapshot_build(*, month: date) -> MonthlyKpiSnapshot:
     """Record the report of ``month`` (any day of it) as built now from the
     rollups, replacing an earlier snapshot of the month. Build the rollups
-    first (``rollups_build``); raises nothing of its own."""
+    first (``rollups_build``); raises nothing of its own. Reads the primary,
+    which it writes: never a replica that may not have the rollups just built."""
     from reports.selectors import report_data
 
     month = month_first(month)
+    data = report_data(month=month, using=DEFAULT_DB_ALIAS)
     snapshot, _ = MonthlyKpiSnapshot.objects.update_or_create(
-        month=month, defaults={"built_at": timezone.now(), "data": report_data(month=month)}
+        month=month, defaults={"built_at": timezone.now(), "data": data}
     )
     return snapshot

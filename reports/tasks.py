@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 from dateutil.relativedelta import relativedelta
+from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
 from loyalty.tasks import single_instance
@@ -21,7 +22,9 @@ def build_rollups_task() -> int:
         if not acquired:
             return 0
         days = len(services.rollups_build().days)
-    selectors.rfm_segment_map()
+    # On the primary; the cache key is the segmentation run's, so the pages
+    # (on the replica once it has replayed that run) find the same entry.
+    selectors.rfm_segment_map(using=DEFAULT_DB_ALIAS)
     return days
 
 

@@ -17,7 +17,10 @@ Who sees what (staff sign in through the admin login):
 
 The views only read: figures come from ``reports.selectors`` (answered from
 the daily rollups), tables from ``reports.exports``, figures from
-``reports.charts``.
+``reports.charts``. Figures are read from ``loyalty.dbrouters.reporting_alias()``
+(the reporting replica when one is configured, with the day they are built
+through read from it too); who may see them (user, groups, staff profile)
+and the filter choices are read from the primary.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
+from csp.constants import SELF, UNSAFE_INLINE
+from csp.decorators import csp_replace
 from django import forms
 from django.apps import apps
 from django.contrib import admin
@@ -46,6 +51,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from loyalty.dbrouters import reporting_alias
 from members.admin import store_scope
 from members.models import Store, Tier
 from reports import charts, exports, selectors
@@ -170,6 +176,7 @@ def report_query(request: HttpRequest, access: ReportAccess) -> ReportQuery:
         store=store,
         tier=form.cleaned_data["tier"],
         store_locked=access.store_locked,
+        using=reporting_alias(),
     )
 
 
@@ -321,6 +328,10 @@ def _page_context(request: HttpRequest, access: ReportAccess) -> dict[str, Any]:
     }
 
 
+# plotly.js inserts <style> elements of its own when it loads, which no nonce
+# can reach: on this page <style> elements need not carry the nonce. Scripts
+# still do (the site-wide policy in settings).
+@csp_replace({"style-src": [SELF, UNSAFE_INLINE]})
 @require_GET
 @never_cache
 @staff_member_required
@@ -331,17 +342,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     except BadReportRequest as error:
         return _bad_request_page(request, access, error.form)
     scope = exports.scope_kwargs(query)
-    kpis = selectors.kpis_monthly(month=query.month, **scope)
-    trend = selectors.kpis_trend(end_month=query.month, months=TREND_MONTHS, **scope)
+    using = query.using
+    kpis = selectors.kpis_monthly(month=query.month, **scope, using=using)
+    trend = selectors.kpis_trend(end_month=query.month, months=TREND_MONTHS, **scope, using=using)
     previous = trend[-2] if len(trend) >= 2 else None
     # Notes on what a filter does not reach.
     not_by_tier = gettext("Not filtered by tier.") if query.tier else ""
     chain_wide = gettext("All stores, all tiers.") if query.store or query.tier else ""
 
     distribution = exports.tier_distribution_table(query, kpis)
-    movement = selectors.tier_movement_matrix(month=query.month, store=query.store)
-    by_store = selectors.kpis_by_store(month=query.month, tier=query.tier)
-    rfm = selectors.rfm_segment_map(store=query.store)
+    movement = selectors.tier_movement_matrix(month=query.month, store=query.store, using=using)
+    by_store = selectors.kpis_by_store(month=query.month, tier=query.tier, using=using)
+    rfm = selectors.rfm_segment_map(store=query.store, using=using)
     sections = [
         Section(
             id="trends",
@@ -360,7 +372,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             title=gettext("Tiers"),
             charts=[
                 Chart("chart-tier-distribution", charts.tier_distribution(distribution.rows)),
-                Chart("chart-tier-movement", charts.tier_movement(movement, exports.tier_names())),
+                Chart("chart-tier-movement", charts.tier_movement(movement, exports.tier_names(using))),
             ],
             tables=[
                 table_view(distribution, query),
@@ -389,7 +401,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         )
     )
     if not query.store_locked:
-        cohorts = selectors.cohort_retention(end_month=query.month, months=COHORT_MONTHS)
+        cohorts = selectors.cohort_retention(end_month=query.month, months=COHORT_MONTHS, using=using)
         sections.append(
             Section(
                 id="cohorts",
@@ -417,6 +429,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context.update(
         query=query,
         month_value=query.month.strftime("%Y-%m"),
+        # How fresh the figures are, from the database they come from (a replica may lag).
+        built_through=selectors.built_through(using=using),
         card_groups=kpi_cards(kpis, previous),
         kpi_table=table_view(exports.kpis_table(query, kpis), query),
         sections=sections,

@@ -18,6 +18,16 @@ LANGUAGE_CODE = "en"
 _SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}{_SUFFIX}"}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# A second database on the same server, standing in for the reporting replica
+# (tests/reports/test_replica_router.py). pytest-django creates it only when a
+# collected test lists "reporting" in its databases; reports read "default"
+# unless a test sets LOYALTY_REPORTING_DATABASE (whatever REPORTING_DATABASE_URL says).
+DATABASES["reporting"] = {
+    **{key: value for key, value in DATABASES["default"].items() if key != "TEST"},
+    "NAME": f"{DATABASES['default']['NAME']}_reporting",
+    "TEST": {"NAME": f"test_{DATABASES['default']['NAME']}_reporting{_SUFFIX}"},
+}
+LOYALTY_REPORTING_DATABASE = "default"
 CACHES["default"]["KEY_PREFIX"] = f"test{_SUFFIX}"
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -187,12 +187,13 @@ class HttpGatewayChannel:
                 gettext("The %(channel)s channel is not configured: set %(url)s and %(key)s.")
                 % {"channel": self.name, "url": self.url_setting, "key": self.key_setting}
             )
+        recipient = self.recipient(message)
         body = json_body(
             {
                 "channel": self.name,
                 "message_id": message.idempotency_key,
                 "kind": message.kind,
-                "to": self.recipient(message),
+                "to": recipient,
                 "text": message.text,
                 "data": message.data,
                 "marketing": message.marketing,
@@ -212,9 +213,29 @@ class HttpGatewayChannel:
             return _reference(response.body)
         permanent = response.status < 500 and response.status not in RETRYABLE_STATUSES
         raise ChannelError(
-            gettext("Gateway answered HTTP %(status)s: %(body)s") % {"status": response.status, "body": response.body},
+            gettext("Gateway answered HTTP %(status)s: %(body)s")
+            % {"status": response.status, "body": recipient_redact(response.body, recipient)},
             permanent=permanent,
         )
+
+
+def recipient_redact(text: str, recipient: str) -> str:
+    """``text`` (a gateway's answer) with the recipient masked: answers often
+    quote it, and they are kept on the outbox row and logged."""
+    from members.models import mask_phone
+
+    if not recipient:
+        return text
+    if recipient.startswith("+"):
+        masked = mask_phone(recipient)
+        forms = [recipient, recipient.removeprefix("+86")]  # E.164 first, then the national number
+    else:
+        masked = recipient[:3] + "***"
+        forms = [recipient]
+    for form in forms:
+        if form:
+            text = text.replace(form, masked)
+    return text
 
 
 def _reference(body: str) -> str:

@@ -24,6 +24,10 @@ def _credentials(request: Request, keyword: str) -> str | None:
     value = value.strip()
     if not value:
         raise exceptions.AuthenticationFailed(_("Invalid authorization header: no credentials."))
+    if not value.isascii() or not value.isprintable():
+        # Keys and tokens are printable ASCII; anything else (NUL, which
+        # PostgreSQL text cannot hold, among others) is refused before a query.
+        raise exceptions.AuthenticationFailed(_("Invalid authorization header: the credentials contain invalid characters."))
     return value
 
 

@@ -6,9 +6,12 @@ stays a 500 (logged by Django), never a guessed code.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404
@@ -17,7 +20,9 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from loyalty.errors import LoyaltyError, ServiceUnavailable
+from loyalty.errors import LoyaltyError, RequestTooLarge, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
 
 _DRF_CODES: dict[type[exceptions.APIException], str] = {
     exceptions.ParseError: "malformed_request",
@@ -36,8 +41,35 @@ def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "detail": detail if detail is not None else {}}}
 
 
+def _database_unavailable(exc: Exception) -> bool:
+    """The database went away (restart, crash, failover). psycopg2 raises
+    OperationalError for most of it; but when every session is ended because
+    another server process crashed, the next statement of a session that was
+    between statements fails with the bare DatabaseError, without SQLSTATE
+    ("server closed the connection unexpectedly"). Errors the server reports
+    always carry an SQLSTATE and psycopg2's own usage errors are subclasses,
+    so the bare class without one means the connection was lost. (Django's
+    atomic() may have reconnected by now: the connection can look healthy.)"""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return type(exc) is DatabaseError and getattr(exc.__cause__, "pgcode", None) is None
+
+
+def _request_refusal(exc: Exception) -> Exception:
+    """Django's refusals to read a request (SuspiciousOperation, which Django
+    itself would answer as an HTML 400) as errors of this API."""
+    if isinstance(exc, RequestDataTooBig):
+        # A body over DATA_UPLOAD_MAX_MEMORY_SIZE.
+        return RequestTooLarge(max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        # More query or form fields than DATA_UPLOAD_MAX_NUMBER_FIELDS.
+        return exceptions.ParseError(_("The request has too many fields."))
+    return exc
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     headers: dict[str, str] = {}
+    exc = _request_refusal(exc)
     if isinstance(exc, LoyaltyError):
         set_rollback()
         if isinstance(exc, ServiceUnavailable):
@@ -45,9 +77,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.code == "too_many_attempts" and "retry_after" in exc.params:
             headers["Retry-After"] = str(exc.params["retry_after"])
         return Response(error_body(exc.code, exc.render_message(), exc.detail), status=exc.http_status, headers=headers)
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        # The database went away mid-request (restart, failover): a clean,
-        # retryable 503; the transaction was rolled back, nothing was written.
+    if _database_unavailable(exc):
+        # The database went away mid-request (restart, crash, failover): a
+        # clean, retryable 503. The transaction was rolled back, or (connection
+        # lost during COMMIT) committed with its Idempotency-Key, which a retry
+        # with the same key then finds: either way nothing is half-written.
+        logger.warning("database unavailable, answered 503: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
         set_rollback()
         unavailable = ServiceUnavailable()
         return Response(

@@ -55,3 +55,155 @@ class ClerkSessionScheme(OpenApiAuthenticationExtension):
             "name": "sessionid",
             "description": "The clerk console's session (a clerk bound to a store), with X-CSRFToken.",
         }
+
+
+# -----------------------------------------------------------------------------
+# Post-processing hooks (SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"])
+# -----------------------------------------------------------------------------
+def _error_response() -> dict:
+    return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}, "description": ""}
+
+
+def postprocess_common_errors(result: dict, generator: object, request: object, public: bool) -> dict:
+    """Declare the refusals the framework can answer for any operation, not
+    only those its view names: 400 (``malformed_request``: body not JSON, too
+    deep, too many fields; ``invalid_idempotency_key``), 413
+    (``request_too_large``) and 415 (``unsupported_media_type``) for every
+    operation with a body or an Idempotency-Key, and 503
+    (``service_unavailable``) for every operation, which a client retries."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            has_body = "requestBody" in operation
+            has_key = any(p.get("in") == "header" and p.get("name") == "Idempotency-Key" for p in operation.get("parameters", []))
+            statuses = ["503"]
+            if has_body or has_key:
+                statuses += ["400", "413", "415"]
+            for status in statuses:
+                responses.setdefault(status, _error_response())
+    return result
+
+
+# OpenAPI links: which response value feeds which later request. They document
+# the till's and the mini-program's flows for client authors, and drive
+# schemathesis's stateful tests (tests/test_fuzz_schema.py).
+# operationId -> status -> link name -> link
+LINKS: dict[str, dict[str, dict[str, dict]]] = {
+    "me_code": {
+        "200": {
+            "IdentifyByCode": {"operationId": "terminal_identify", "requestBody": {"code": "$response.body#/code"}},
+            "PreviewWithCode": {
+                "operationId": "terminal_purchase_preview",
+                "requestBody": {"member": "$response.body#/code"},
+            },
+            "PurchaseWithCode": {
+                "operationId": "terminal_purchase_create",
+                "requestBody": {"member": "$response.body#/code"},
+            },
+        }
+    },
+    "me": {
+        "200": {
+            "IdentifyByMemberNo": {
+                "operationId": "terminal_identify",
+                "requestBody": {"code": "$response.body#/member_no"},
+            },
+            "AdjustMember": {
+                "operationId": "operator_adjustment_create",
+                "requestBody": {"member_no": "$response.body#/member_no"},
+            },
+        }
+    },
+    "terminal_member_enrol": {
+        status: {
+            "IdentifyEnrolled": {
+                "operationId": "terminal_identify",
+                "requestBody": {"code": "$response.body#/member_no"},
+            },
+            "PurchaseForEnrolled": {
+                "operationId": "terminal_purchase_create",
+                "requestBody": {"member": "$response.body#/member_no"},
+            },
+        }
+        for status in ("200", "201")
+    },
+    "terminal_identify": {
+        "200": {
+            "PurchaseForIdentified": {
+                "operationId": "terminal_purchase_create",
+                "requestBody": {"member": "$response.body#/member_no"},
+            },
+            "WriteOffUsableCoupon": {
+                "operationId": "terminal_coupon_write_off",
+                "parameters": {"path.code": "$response.body#/coupons/0/code"},
+            },
+        }
+    },
+    "terminal_purchase_create": {
+        "201": {
+            "RefundPurchase": {
+                "operationId": "terminal_refund_create",
+                "parameters": {"path.receipt_no": "$response.body#/receipt_no"},
+            },
+        }
+    },
+    "benefit_list": {
+        "200": {
+            "ExchangeBenefit": {
+                "operationId": "benefit_exchange",
+                "parameters": {"path.id": "$response.body#/0/id"},
+            },
+        }
+    },
+    "benefit_exchange": {
+        "201": {
+            "WriteOffExchanged": {
+                "operationId": "terminal_coupon_write_off",
+                "parameters": {"path.code": "$response.body#/code"},
+            },
+        }
+    },
+    "me_coupons": {
+        "200": {
+            "WriteOffListed": {
+                "operationId": "terminal_coupon_write_off",
+                "parameters": {"path.code": "$response.body#/results/0/code"},
+            },
+        }
+    },
+    "operator_adjustment_create": {
+        "201": {
+            "ApproveAdjustment": {
+                "operationId": "operator_adjustment_approve",
+                "parameters": {"path.id": "$response.body#/id"},
+            },
+        }
+    },
+    "auth_wechat": {
+        "200": {
+            "RegisterWithSession": {
+                "operationId": "auth_register",
+                "requestBody": {"wechat_session": "$response.body#/wechat_session"},
+            },
+        }
+    },
+}
+
+
+def postprocess_links(result: dict, generator: object, request: object, public: bool) -> dict:
+    """Add ``LINKS`` to the responses of the operations in the schema."""
+    present = {
+        operation.get("operationId")
+        for operations in result.get("paths", {}).values()
+        for operation in operations.values()
+    }
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for status, links in LINKS.get(operation.get("operationId"), {}).items():
+                response = operation.get("responses", {}).get(status)
+                if response is None:
+                    continue
+                usable = {name: link for name, link in links.items() if link["operationId"] in present}
+                if usable:
+                    response.setdefault("links", {}).update(usable)
+    return result

@@ -44,5 +44,13 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(locale="zh-CN", timezone_id="Asia/Shanghai", viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
+    # Anything the Content-Security-Policy refused (an inline script, style or
+    # handler without the nonce) is reported on the console: none is allowed.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(f"{message.text} ({message.location.get('url')})") if "Content Security Policy" in message.text else None,
+    )
     yield page
     context.close()
+    assert refused == [], refused

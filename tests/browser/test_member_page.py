@@ -19,7 +19,7 @@ from django.utils import timezone, translation
 
 from campaigns.models import Benefit, Coupon
 from campaigns.services.coupons import reason_text
-from members.models import Member, Tier
+from members.models import Member, MemberToken, Tier
 from members.selectors import member_get_by_code, member_resolve
 from members.services import member_enrol, member_token_issue, store_get_or_create
 from points.models import CheckIn
@@ -308,6 +308,13 @@ def test_dev_login_registers_a_new_member_then_shows_home(mobile, live_server, t
     mobile.click("#sign-out")
     mobile.wait_for_selector("#screen-login:not([hidden])")
     assert mobile.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
+    # and the server revoked the token (the page does not wait for that answer)
+    for _ in range(50):
+        if MemberToken.objects.filter(member=member, revoked_at__isnull=False).exists():
+            break
+        mobile.wait_for_timeout(100)
+    assert MemberToken.objects.filter(member=member).count() == 1
+    assert MemberToken.objects.filter(member=member, revoked_at__isnull=True).count() == 0
     mobile.fill("#login-code", "dev-abc")
     mobile.click("#login-submit")
     mobile.wait_for_selector("#code-digits[data-code]:not([data-code=''])")

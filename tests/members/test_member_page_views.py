@@ -138,6 +138,7 @@ def test_shell_points_the_script_at_the_member_api(client):
     assert config["api"] == {
         "wechat": "/api/v1/auth/wechat",
         "register": "/api/v1/auth/register",
+        "logout": "/api/v1/auth/logout",
         "me": "/api/v1/me",
         "code": "/api/v1/me/code",
         "ledger": "/api/v1/me/ledger",
