@@ -64,8 +64,13 @@ def celery_broker(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from loyalty.celery import app
 
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # it would win over the configuration
-    saved = {"broker_url": app.conf.broker_url, "task_always_eager": app.conf.task_always_eager}
-    app.conf.update(broker_url=url, task_always_eager=False)
+    saved = {
+        "broker_url": app.conf.broker_url,
+        "broker_write_url": app.conf.broker_write_url,
+        "task_always_eager": app.conf.task_always_eager,
+    }
+    # Publishing uses the write URL when one is set (another test may have left one).
+    app.conf.update(broker_url=url, broker_write_url=url, task_always_eager=False)
     _reset_producers(app)
     try:
         yield

@@ -15,6 +15,12 @@ def broker_down(monkeypatch, tmp_path):
     # A Unix socket nobody listens on: the broker connection fails at once.
     monkeypatch.setattr(celery_app.conf, "broker_url", f"redis+socket://{tmp_path / 'nobody.sock'}")
     monkeypatch.setattr(celery_app.conf, "broker_write_url", None)
+    yield
+    # Connections made to the dead socket must not outlive the test.
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
 
 
 def test_healthz_is_200_when_database_broker_and_beat_are_alive(anon_client):
