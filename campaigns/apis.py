@@ -21,7 +21,7 @@ from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
-from loyalty.throttle import failure_record, failures_check
+from loyalty.throttle import failures_counted
 from members.apis import _valid
 from members.models import Member, Terminal
 from points.apis import IDEMPOTENCY_HEADER, ReceiptField
@@ -203,18 +203,10 @@ class CouponWriteOffApi(APIView):
         terminal: Terminal = request.user
 
         def operation() -> tuple[int, Any]:
-            failures_check(kind="coupon", terminal=terminal)
-            try:
-                if "\x00" in code:
-                    # PostgreSQL text cannot hold NUL: no coupon has such a code
-                    # (counted as a failed attempt like any unknown code).
-                    raise CouponNotFound(detail={"code": code.replace("\x00", "")[:64]})
+            with failures_counted(kind="coupon", terminal=terminal, errors=CouponNotFound, reason="not_found"):
                 coupon = coupon_write_off(
                     code=code, store=terminal.store, terminal=terminal, receipt_no=data["receipt_no"]
                 )
-            except CouponNotFound:
-                failure_record(kind="coupon", terminal=terminal, reason="not_found")
-                raise
             return 200, coupon_output(coupon)
 
         return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.cache import cache
@@ -26,14 +28,27 @@ def _key(kind: str, terminal_id: int) -> str:
     return f"{kind}-failures:{terminal_id}"
 
 
+def _failures(key: str, kind: str) -> int | None:
+    """The failures counted under ``key``; None when Redis is down (logged)."""
+    try:
+        return cache.get(key, 0)
+    except Exception as exc:  # Redis down: keep working, unthrottled
+        logger.warning("%s throttle unavailable (%s); not throttling", kind, exc)
+        return None
+
+
+def _count(key: str, kind: str, window: int) -> None:
+    try:
+        if not cache.add(key, 1, timeout=window):
+            cache.incr(key)
+    except Exception as exc:  # Redis down: the failure is logged by the caller, not counted
+        logger.warning("%s throttle unavailable (%s); failure not counted", kind, exc)
+
+
 def failures_check(*, kind: str, terminal: object) -> None:
     """Raise ``TooManyAttempts`` when ``terminal`` has failed too often at ``kind``."""
-    try:
-        failures = cache.get(_key(kind, terminal.pk), 0)  # type: ignore[attr-defined]
-    except Exception as exc:  # Redis down: keep the till working
-        logger.warning("%s throttle unavailable (%s); not throttling", kind, exc)
-        return
-    if failures >= settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
+    failures = _failures(_key(kind, terminal.pk), kind)  # type: ignore[attr-defined]
+    if failures is not None and failures >= settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
         raise TooManyAttempts(retry_after=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)
 
 
@@ -41,12 +56,21 @@ def failure_record(*, kind: str, terminal: object, reason: str) -> None:
     """Count one failed attempt, and log it with the terminal and store."""
     store = getattr(getattr(terminal, "store", None), "code", "-")
     logger.warning("%s failed: reason=%s terminal=%s store=%s", kind, reason, terminal.pk, store)  # type: ignore[attr-defined]
-    key = _key(kind, terminal.pk)  # type: ignore[attr-defined]
+    _count(_key(kind, terminal.pk), kind, settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def failures_counted(
+    *, kind: str, terminal: object, errors: type[Exception] | tuple[type[Exception], ...], reason: str
+) -> Iterator[None]:
+    """Refuse a throttled ``terminal`` first, then count ``errors`` raised in the block
+    as failed attempts at ``kind`` (and let them go on)."""
+    failures_check(kind=kind, terminal=terminal)
     try:
-        if not cache.add(key, 1, timeout=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS):
-            cache.incr(key)
-    except Exception as exc:  # Redis down: logged above, not counted
-        logger.warning("%s throttle unavailable (%s); failure not counted", kind, exc)
+        yield
+    except errors:
+        failure_record(kind=kind, terminal=terminal, reason=reason)
+        raise
 
 
 # -----------------------------------------------------------------------------
@@ -60,23 +84,14 @@ def _login_key(username: str, ip: str) -> str:
 
 def login_throttled(*, username: str, ip: str) -> bool:
     """Whether ``username`` from ``ip`` has failed to sign in too often in the window."""
-    try:
-        failures = cache.get(_login_key(username, ip), 0)
-    except Exception as exc:  # Redis down: sign-in keeps working
-        logger.warning("login throttle unavailable (%s); not throttling", exc)
-        return False
-    return failures >= settings.LOYALTY_LOGIN_FAILURES_LIMIT
+    failures = _failures(_login_key(username, ip), "login")
+    return failures is not None and failures >= settings.LOYALTY_LOGIN_FAILURES_LIMIT
 
 
 def login_failure_record(*, username: str, ip: str) -> None:
     """Count one failed sign-in, and log it with the user name and address."""
     logger.warning("login failed: username=%s ip=%s", username[:150], ip)
-    key = _login_key(username, ip)
-    try:
-        if not cache.add(key, 1, timeout=settings.LOYALTY_LOGIN_FAILURES_WINDOW_SECONDS):
-            cache.incr(key)
-    except Exception as exc:  # Redis down: logged above, not counted
-        logger.warning("login throttle unavailable (%s); failure not counted", exc)
+    _count(_login_key(username, ip), "login", settings.LOYALTY_LOGIN_FAILURES_WINDOW_SECONDS)
 
 
 def login_failures_clear(*, username: str, ip: str) -> None:

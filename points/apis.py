@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +26,7 @@ from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
 from loyalty.errors import NotFound
-from loyalty.throttle import failure_record, failures_check
+from loyalty.throttle import failures_counted
 from members.apis import _valid
 from members.errors import MemberNotFound, UnknownStore
 from members.models import Member, Store, Terminal
@@ -218,12 +219,15 @@ class PurchaseCreateApi(APIView):
         def operation() -> tuple[int, Any]:
             # Coupon codes guessed inside purchases count with those of the
             # write-off endpoint: one throttle per terminal for both.
-            if data["coupon_codes"]:
-                failures_check(kind="coupon", terminal=terminal)
-            identified = None
-            if data["member"].strip():
-                identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
-            try:
+            guesses = (
+                failures_counted(kind="coupon", terminal=terminal, errors=CouponNotFound, reason="not_found")
+                if data["coupon_codes"]
+                else nullcontext()
+            )
+            with guesses:
+                identified = None
+                if data["member"].strip():
+                    identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
                 result = services.purchase_record(
                     store=terminal.store,
                     terminal=terminal,
@@ -235,9 +239,6 @@ class PurchaseCreateApi(APIView):
                     points_to_use=data["points_to_use"],
                     coupon_codes=data["coupon_codes"],
                 )
-            except CouponNotFound:
-                failure_record(kind="coupon", terminal=terminal, reason="not_found")
-                raise
             return 201, purchase_output(result)
 
         return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
@@ -267,7 +268,7 @@ class PurchasePreviewApi(APIView):
         terminal: Terminal = request.user
         if data["paid_at"] is not None:
             # Refuse what the purchase would refuse, rather than preview it.
-            services._paid_at_check(data["paid_at"], timezone.now())
+            services.paid_at_check(data["paid_at"], timezone.now())
         identified = None
         if data["member"].strip():
             identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])

@@ -320,7 +320,8 @@ class PurchaseResult:
     coupons_written_off: list[Any] = field(default_factory=list)
 
 
-def _paid_at_check(paid_at: datetime, now: datetime) -> None:
+def paid_at_check(paid_at: datetime, now: datetime) -> None:
+    """Raise ``InvalidPaidAt`` for a payment time the till may not record (future, or too old)."""
     if paid_at > now + timedelta(minutes=5) or paid_at < now - timedelta(days=settings.LOYALTY_PAID_AT_MAX_AGE_DAYS):
         raise InvalidPaidAt(days=settings.LOYALTY_PAID_AT_MAX_AGE_DAYS)
 
@@ -384,7 +385,7 @@ def purchase_record(
     if amount <= 0:
         raise InvalidAmount()
     paid_at = paid_at or now
-    _paid_at_check(paid_at, now)
+    paid_at_check(paid_at, now)
     # Normalised before de-duplicating: a code typed in lower case and the
     # same code scanned are one coupon, written off once.
     from campaigns.services.coupons import coupon_code_normalise

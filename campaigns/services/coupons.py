@@ -275,7 +275,8 @@ def coupon_write_off(
 
     at = at or timezone.now()
     normalised = coupon_code_normalise(code)
-    head = Coupon.objects.filter(code=normalised).only("id", "member_id").first()
+    # PostgreSQL text cannot hold NUL: no coupon has such a code.
+    head = None if "\x00" in normalised else Coupon.objects.filter(code=normalised).only("id", "member_id").first()
     if head is None:
         raise CouponNotFound(detail={"code": normalised})
     if head.member_id is not None and member is not None and member.pk != head.member_id:
