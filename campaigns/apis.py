@@ -17,6 +17,7 @@ from campaigns.errors import BenefitNotFound, CouponNotFound
 from campaigns.models import Benefit, Coupon
 from campaigns.services.coupons import benefit_exchange, coupon_code_new, coupon_write_off, reason_text
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
+from loyalty.api.bodies import represent
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
@@ -72,7 +73,7 @@ def coupon_output(coupon: Coupon, *, with_qr: bool = False, qr_svg: str = "") ->
     }
     if with_qr and coupon.status == Coupon.Status.ISSUED:
         data["qr_svg"] = qr_svg or coupon_qr_svg(coupon.code)
-    return CouponOutputSerializer(data).data
+    return represent(CouponOutputSerializer, data)
 
 
 class BenefitOutputSerializer(serializers.Serializer):

@@ -146,6 +146,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.0),
     "socket_connect_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=2.0),
 }
+# Outbox messages and webhook deliveries committed within this many seconds are
+# handed to the workers together, from a background thread: the till never
+# waits for the broker (loyalty/handoff.py). 0 hands each off at once.
+LOYALTY_HANDOFF_WINDOW_SECONDS = env.float("LOYALTY_HANDOFF_WINDOW_SECONDS", default=0.2)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # A daily or monthly job that finds its lock taken tries again this many
 # seconds later instead of being dropped (loyalty.tasks.single_instance_or_retry).

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
+from loyalty.api.bodies import represent, validated
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
 from members import selectors, services
@@ -139,7 +140,7 @@ class MemberIdentifyApi(APIView):
             by = "member_no"
         else:
             by = "phone"
-        return Response(TerminalMemberOutputSerializer(terminal_member_output(member, request.user, by)).data)
+        return Response(represent(TerminalMemberOutputSerializer, terminal_member_output(member, request.user, by)))
 
 
 class MemberEnrolApi(APIView):
@@ -183,7 +184,7 @@ class MemberEnrolApi(APIView):
             member, created = services.member_enrol(
                 **data, referrer=referrer, store=terminal.store, channel=Member.Channel.STORE, by_terminal=terminal
             )
-        output = TerminalMemberOutputSerializer(terminal_member_output(member, terminal, "phone")).data
+        output = represent(TerminalMemberOutputSerializer, terminal_member_output(member, terminal, "phone"))
         return Response(output, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -427,9 +428,7 @@ def _valid(serializer_class: type[serializers.Serializer], request: Request) -> 
         from django.utils.translation import gettext as _
 
         raise serializers.ValidationError({"non_field_errors": [_("Expected a JSON object.")]})
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+    return validated(serializer_class, request.data)
 
 
 # Besides letters (any script), combining marks and spaces: the punctuation of

@@ -10,6 +10,7 @@ from decimal import Decimal
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from loyalty.sql import select_one
 from loyalty.throttle import failure_record, failures_check
 from members import codes
 from members.errors import InvalidMemberCode, InvalidPhone, MemberCodeExpired, MemberNotFound
@@ -48,7 +49,7 @@ def member_get_by_code(
     parts = codes.parse(code)
     member = None
     if parts is not None:
-        member = Member.objects.select_related("tier").filter(member_no=parts.member_no).first()
+        member = select_one(Member, related=("tier",), member_no=parts.member_no)
     if parts is None or member is None or member.status == Member.Status.CLOSED:
         if terminal is not None:
             _failure_record(terminal, "unknown")
@@ -70,14 +71,14 @@ def member_get_by_identifier(*, identifier: str) -> Member:
     identifier = (identifier or "").strip()
     member = None
     if identifier.isascii() and identifier.isdigit() and len(identifier) == codes.MEMBER_NO_LENGTH:
-        member = Member.objects.select_related("tier").filter(member_no=identifier).first()
+        member = select_one(Member, related=("tier",), member_no=identifier)
     if member is None:
         try:
             phone = phone_normalise(identifier)
         except InvalidPhone:
             phone = None
         if phone:
-            member = Member.objects.select_related("tier").filter(phone=phone).first()
+            member = select_one(Member, related=("tier",), phone=phone)
     if member is None or member.status == Member.Status.CLOSED:
         raise MemberNotFound()
     return member

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from campaigns.errors import CouponNotFound
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
+from loyalty.api.bodies import represent
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
@@ -179,7 +180,8 @@ def purchase_output(result: services.PurchaseResult) -> dict[str, Any]:
     """The response body, rendered by its serializer: money as "0.00" strings,
     as the schema says (a raw Decimal would be rendered as a JSON float)."""
     purchase = result.purchase
-    return PurchaseOutputSerializer(
+    return represent(
+        PurchaseOutputSerializer,
         {
             "receipt_no": purchase.receipt_no,
             "member_no": purchase.member.member_no if purchase.member else None,
@@ -195,8 +197,8 @@ def purchase_output(result: services.PurchaseResult) -> dict[str, Any]:
             "tier": {"code": result.tier.code, "name": result.tier.name} if result.tier else None,
             "tier_changed": result.tier_changed,
             "offline": purchase.offline,
-        }
-    ).data
+        },
+    )
 
 
 class PurchaseCreateApi(APIView):

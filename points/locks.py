@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import QuerySet
 
+from loyalty.sql import select_one
 from members.models import Member
 from points.models import PointsAccount, Purchase
 
@@ -19,7 +20,7 @@ def account_qs_for_update() -> QuerySet[PointsAccount]:
 
 def account_lock(member: Member) -> PointsAccount:
     """Lock (creating if needed) the member's points account, evaluated at once."""
-    account = account_qs_for_update().filter(pk=member.pk).first()
+    account = select_one(PointsAccount, for_update=True, member=member.pk)
     if account is not None:
         return account
     with connection.cursor() as cursor:
@@ -28,7 +29,9 @@ def account_lock(member: Member) -> PointsAccount:
             "VALUES (%s, 0, 0, 0, now()) ON CONFLICT (member_id) DO NOTHING",
             [member.pk],
         )
-    return account_qs_for_update().get(pk=member.pk)
+    account = select_one(PointsAccount, for_update=True, member=member.pk)
+    assert account is not None, "inserted above or by a concurrent transaction"
+    return account
 
 
 def purchase_qs_for_update() -> QuerySet[Purchase]:

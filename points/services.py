@@ -19,7 +19,6 @@ from dateutil.relativedelta import relativedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -32,6 +31,7 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
+from loyalty.sql import insert
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember
@@ -155,7 +155,8 @@ class Refs:
 
 def _entry(account: PointsAccount, *, kind: str, points: int, at: datetime, refs: Refs) -> PointsEntry:
     account.balance += points
-    entry = PointsEntry.objects.create(
+    entry = insert(
+        PointsEntry,
         member_id=account.member_id, kind=kind, points=points, balance_after=account.balance, created_at=at,
         **refs.fields(),
     )
@@ -182,7 +183,8 @@ def _credit(
     rest = points - paid_down
     lot = None
     if rest > 0:
-        lot = PointsLot.objects.create(
+        lot = insert(
+            PointsLot,
             member_id=account.member_id,
             entry=entry,
             original=rest,
@@ -214,34 +216,53 @@ def _draw(
     otherwise it raises ``InsufficientPoints`` and nothing is written."""
     if points <= 0:
         raise InvalidPoints()
-    lots = PointsLot.objects.filter(member_id=account.member_id, remaining__gt=0)
-    if spendable_only:
-        # Spendable at the debit's own time (``at``), like the expiry filter.
-        lots = lots.filter(Q(pending_until__isnull=True) | Q(pending_until__lte=at), expires_at__gt=at)
-    ordered = sorted(
-        lots.only("id", "remaining", "pending_until", "expires_at"),
-        key=lambda lot: (0 if first_lots and lot.pk in first_lots else 1, lot.expires_at, lot.pk),
-    )
-    available = sum(lot.remaining for lot in ordered)
+    # Plain SQL on the open-lots index (lot_open_member_idx): this runs on every
+    # exchange and every purchase paid with points (loyalty/sql.py says why).
+    sql = _OPEN_LOTS_SQL + (_SPENDABLE_AT_SQL if spendable_only else "") + " ORDER BY expires_at, id"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"member": account.member_id, "at": at})
+        lots = cursor.fetchall()  # (id, remaining, pending_until), first to expire first
+    if first_lots:
+        lots.sort(key=lambda lot: 0 if lot[0] in first_lots else 1)  # stable: expiry order within each part
+    available = sum(lot[1] for lot in lots)
     if available < points and not allow_debt:
         raise InsufficientPoints(available=available, requested=points)
     entry = _entry(account, kind=kind, points=-points, at=at, refs=refs)
     left = points
-    allocations, changed = [], []
-    for lot in ordered:
+    taken: list[tuple[int, int, int]] = []  # (lot id, points taken, remaining after)
+    for lot_id, remaining, pending_until in lots:
         if left == 0:
             break
-        take = min(lot.remaining, left)
-        lot.remaining -= take
+        take = min(remaining, left)
         left -= take
-        if lot.pending_until is not None:  # not yet released: counted in pending
+        if pending_until is not None:  # not yet released: counted in pending
             account.pending -= take
-        allocations.append(PointsAllocation(entry=entry, lot=lot, points=-take))
-        changed.append(lot)
-    PointsLot.objects.bulk_update(changed, ["remaining"])
-    PointsAllocation.objects.bulk_create(allocations)
+        taken.append((lot_id, take, remaining - take))
+    if taken:
+        _lots_take(entry, taken)
     account.debt += left
     return entry
+
+
+_OPEN_LOTS_SQL = "SELECT id, remaining, pending_until FROM points_pointslot WHERE member_id = %(member)s AND remaining > 0"
+# Spendable at the debit's own time (``at``), like the expiry filter.
+_SPENDABLE_AT_SQL = " AND (pending_until IS NULL OR pending_until <= %(at)s) AND expires_at > %(at)s"
+
+
+def _lots_take(entry: PointsEntry, taken: list[tuple[int, int, int]]) -> None:
+    """Set the drawn lots' remaining and record the allocations: two statements."""
+    lot_values = ", ".join(["(%s::bigint, %s::integer)"] * len(taken))
+    allocation_values = ", ".join(["(%s, %s, %s)"] * len(taken))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE points_pointslot l SET remaining = v.remaining FROM (VALUES {lot_values}) v(id, remaining) "  # noqa: S608 - placeholders only
+            "WHERE l.id = v.id",
+            [value for lot_id, _take, after in taken for value in (lot_id, after)],
+        )
+        cursor.execute(
+            f"INSERT INTO points_pointsallocation (entry_id, lot_id, points) VALUES {allocation_values}",  # noqa: S608 - placeholders only
+            [value for lot_id, take, _after in taken for value in (entry.pk, lot_id, -take)],
+        )
 
 
 def _return_to_lots(
@@ -280,7 +301,8 @@ def _return_to_lots(
         # Lots were drawn again meanwhile; the rest opens a lot with the
         # original entry's earliest expiry so nothing is lost or extended.
         expiry = min((lot.expires_at for lot in lots.values()), default=expiry_for(at))
-        lot = PointsLot.objects.create(
+        lot = insert(
+            PointsLot,
             member_id=account.member_id, entry=entry, original=left, remaining=left, earned_at=at, expires_at=expiry
         )
     return entry
@@ -295,8 +317,16 @@ def _draw_chain(entry: PointsEntry) -> list[int]:
     ) if entry.purchase_id else [entry.pk]
 
 
+_ACCOUNT_SAVE_SQL = "UPDATE points_pointsaccount SET balance = %s, pending = %s, debt = %s, updated_at = %s WHERE member_id = %s"
+
+
 def _save(account: PointsAccount) -> None:
-    account.save(update_fields=["balance", "pending", "debt", "updated_at"])
+    # account.save(update_fields=[...]) in plain SQL: on every purchase (loyalty/sql.py).
+    account.updated_at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ACCOUNT_SAVE_SQL, [account.balance, account.pending, account.debt, account.updated_at, account.member_id]
+        )
 
 
 def _member_can_earn(member: Member) -> None:
@@ -391,7 +421,7 @@ def purchase_record(
     from campaigns.services.coupons import coupon_code_normalise
 
     coupon_codes = list(dict.fromkeys(filter(None, (coupon_code_normalise(code) for code in coupon_codes or []))))
-    if Purchase.objects.filter(store=store, receipt_no=receipt_no).exists():
+    if _receipt_exists(store, receipt_no):
         raise DuplicateReceipt(receipt_no=receipt_no)
     member = identified.member if identified else None
     if member is None:
@@ -437,9 +467,12 @@ def purchase_record(
         )
         pending = earned if lot is not None and lot.pending_until is not None else 0
         notify_points_earned(earn_entry, lot=lot, member=member)
-    Purchase.objects.filter(pk=purchase.pk).update(
-        points_earned=earned, points_used=points_to_use, cash_paid_by_points=cash, multiplier=multiplier
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
+            "multiplier = %s WHERE id = %s",
+            [earned, points_to_use, cash, multiplier, purchase.pk],
+        )
     purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
     purchase.multiplier = multiplier
     _save(account)
@@ -479,18 +512,24 @@ def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
     return written
 
 
+def _receipt_exists(store: Store, receipt_no: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM points_purchase WHERE store_id = %s AND receipt_no = %s", [store.pk, receipt_no])
+        return cursor.fetchone() is not None
+
+
 def _purchase_insert(**fields: Any) -> Purchase:
+    """Insert the purchase; a receipt number or member code already used (by a
+    concurrent request too: the insert waits for it) raises, writing nothing.
+    ON CONFLICT rather than a savepoint around the insert: two statements fewer."""
     fields["lines"] = fields.get("lines") or []
-    try:
-        with transaction.atomic():
-            return Purchase.objects.create(**fields)
-    except IntegrityError as exc:
-        constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
-        if constraint == "purchase_member_code_used_once":
-            raise MemberCodeAlreadyUsed() from None
-        if constraint == "purchase_unique_receipt_per_store":
-            raise DuplicateReceipt(receipt_no=fields["receipt_no"]) from None
-        raise
+    purchase = insert(Purchase, on_conflict_do_nothing=True, **fields)
+    if purchase is not None:
+        return purchase
+    # Purchase's only unique constraints: the receipt per store and the member code per member.
+    if _receipt_exists(fields["store"], fields["receipt_no"]):
+        raise DuplicateReceipt(receipt_no=fields["receipt_no"])
+    raise MemberCodeAlreadyUsed()
 
 
 # -----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import F, Q
 from django.utils import formats, timezone
 from django.utils.translation import gettext
 
@@ -36,6 +35,7 @@ from campaigns.errors import (
 from campaigns.models import Benefit, Coupon, CouponEvent
 from campaigns.services.notifications import notify_coupon_issued
 from campaigns.services.webhooks import webhook_coupon_written_off
+from loyalty.sql import insert
 from members.errors import MemberClosed, MemberFrozen, ReasonRequired
 from members.models import Member, Store, Terminal
 from points.locks import account_lock
@@ -60,7 +60,7 @@ def _event(coupon: Coupon, kind: str, *, at: datetime, **fields: Any) -> CouponE
     by_user = fields.pop("by_user", None)
     if by_user is not None and not by_user.is_authenticated:
         by_user = None
-    return CouponEvent.objects.create(coupon=coupon, kind=kind, created_at=at, by_user=by_user, **fields)
+    return insert(CouponEvent, coupon=coupon, kind=kind, created_at=at, by_user=by_user, **fields)
 
 
 def _validity(benefit: Benefit, at: datetime) -> tuple[datetime, datetime]:
@@ -90,11 +90,15 @@ def benefit_unavailable_reason(*, benefit: Benefit, member: Member, at: datetime
 
 
 def _stock_take(benefit: Benefit) -> None:
-    updated = Benefit.objects.filter(
-        Q(total_stock__isnull=True) | Q(issued_count__lt=F("total_stock")), pk=benefit.pk
-    ).update(issued_count=F("issued_count") + 1)
-    if not updated:
-        raise OutOfStock()
+    # Plain SQL: on every exchange, under the member's lock (loyalty/sql.py).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_benefit SET issued_count = issued_count + 1 "
+            "WHERE id = %s AND (total_stock IS NULL OR issued_count < total_stock)",
+            [benefit.pk],
+        )
+        if cursor.rowcount == 0:
+            raise OutOfStock()
 
 
 def _limit_check(benefit: Benefit, member: Member) -> None:
@@ -150,7 +154,8 @@ def _coupon_create(
     """The coupon row, its ``issued`` event and the member's message (stock already taken)."""
     by_user = fields.pop("by_user", None)
     valid_from, valid_until = _validity(benefit, at)
-    coupon = Coupon.objects.create(
+    coupon = insert(
+        Coupon,
         code=code or coupon_code_new(),
         benefit=benefit,
         member=member,

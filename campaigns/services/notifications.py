@@ -53,6 +53,7 @@ from django.utils.translation import gettext, ngettext
 
 from campaigns.channels import ChannelError, OutgoingMessage, RecipientUnavailable, channel_get
 from campaigns.models import Coupon, OutboxMessage
+from loyalty.handoff import Coalescer
 from members.models import Member, Tier
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _insert(rows: list[_Row]) -> dict[str, tuple[int, datetime]]:
         if row.dedupe_key in inserted and row.status == Status.PENDING and row.next_attempt_at <= now
     ]
     if due_now:
-        transaction.on_commit(lambda: _send_soon(due_now))
+        transaction.on_commit(lambda: _send_soon_gathered.add(due_now))
     return inserted
 
 
@@ -303,6 +304,11 @@ def _send_soon(message_ids: list[int]) -> None:
         logger.warning("could not queue %s message(s) (%s); the periodic sweep will send them", len(message_ids), exc)
 
 
+# Messages committed within a fraction of a second go to the workers together,
+# from a background thread (loyalty/handoff.py).
+_send_soon_gathered = Coalescer("outbox", _send_soon)
+
+
 @transaction.atomic
 def message_retry(*, message: OutboxMessage) -> bool:
     """An operator sends a failed message back to the queue (attempts start
@@ -313,7 +319,7 @@ def message_retry(*, message: OutboxMessage) -> bool:
     )
     message.refresh_from_db()
     if updated:
-        transaction.on_commit(lambda: _send_soon([message.pk]))
+        transaction.on_commit(lambda: _send_soon_gathered.add([message.pk]))
     return bool(updated)
 
 

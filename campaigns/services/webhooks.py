@@ -71,6 +71,7 @@ from django.utils.translation import gettext
 from campaigns.channels import ChannelError, http_post, json_body
 from campaigns.models import Coupon, WebhookDelivery, WebhookEndpoint
 from campaigns.services.notifications import SEND_FAN_OUT_SIZE, _jsonable, backoff_delay
+from loyalty.handoff import Coalescer
 from members.models import Member, Tier
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _create(
     )
     ids = [delivery.pk for delivery in deliveries]
     if ids:
-        transaction.on_commit(lambda: _deliver_soon(ids))
+        transaction.on_commit(lambda: _deliver_soon_gathered.add(ids))
     return deliveries
 
 
@@ -204,6 +205,11 @@ def _deliver_soon(delivery_ids: list[int]) -> None:
         logger.warning("could not queue %s webhook deliveries (%s); the sweep will", len(delivery_ids), exc)
 
 
+# Deliveries committed within a fraction of a second go to the workers together,
+# from a background thread (loyalty/handoff.py).
+_deliver_soon_gathered = Coalescer("webhooks", _deliver_soon)
+
+
 @transaction.atomic
 def webhook_delivery_retry(*, delivery: WebhookDelivery) -> bool:
     """An operator sends a failed delivery again (same event id, attempts
@@ -213,7 +219,7 @@ def webhook_delivery_retry(*, delivery: WebhookDelivery) -> bool:
     )
     delivery.refresh_from_db()
     if updated:
-        transaction.on_commit(lambda: _deliver_soon([delivery.pk]))
+        transaction.on_commit(lambda: _deliver_soon_gathered.add([delivery.pk]))
     return bool(updated)
 
 

@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from loyalty.sql import select_one
 from members.models import Member, MemberToken, Terminal, TerminalAPIKey
 
 
@@ -39,7 +40,7 @@ class TerminalApiKeyAuthentication(authentication.BaseAuthentication):
         if key is None:
             return None
         prefix, _dot, _secret = key.partition(".")
-        api_key = TerminalAPIKey.objects.select_related("terminal__store").filter(prefix=prefix, revoked=False).first()
+        api_key = select_one(TerminalAPIKey, related=("terminal__store",), prefix=prefix, revoked=False)
         if (
             api_key is None
             or not api_key.is_valid(key)
@@ -64,9 +65,7 @@ class MemberTokenAuthentication(authentication.BaseAuthentication):
         if value is None:
             return None
         prefix, _dot, secret = value.partition(".")
-        token = (
-            MemberToken.objects.select_related("member__tier").filter(prefix=prefix, revoked_at__isnull=True).first()
-        )
+        token = select_one(MemberToken, related=("member__tier",), prefix=prefix, revoked_at=None)
         if (
             token is None
             or not hmac.compare_digest(token.key_hash, token_hash(secret))

@@ -1,0 +1,120 @@
+"""loyalty/handoff.py: after-commit hand-offs gathered and sent from a background thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.test import override_settings as django_override_settings
+
+from loyalty.celery import app
+from loyalty.handoff import Coalescer
+
+
+class override_settings(django_override_settings):  # noqa: N801 - used as a decorator like Django's
+    """Django settings, and Celery's eager flag (Celery read the settings once)."""
+
+    def enable(self) -> None:
+        super().enable()
+        self._eager = app.conf.task_always_eager
+        app.conf.task_always_eager = self.options.get("CELERY_TASK_ALWAYS_EAGER", self._eager)
+
+    def disable(self) -> None:
+        app.conf.task_always_eager = self._eager
+        super().disable()
+
+
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[list[int], str]] = []
+        self.done = threading.Event()
+        self.fail = fail
+
+    def __call__(self, ids: list[int]) -> None:
+        self.calls.append((ids, threading.current_thread().name))
+        self.done.set()
+        if self.fail:
+            raise RuntimeError("broker exploded")
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.2, CELERY_TASK_ALWAYS_EAGER=False)
+def test_ids_within_the_window_go_out_together_from_another_thread() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer("test", recorder)
+    started = time.monotonic()
+    coalescer.add([1])
+    coalescer.add([2, 3])
+    assert recorder.calls == []  # the caller did not wait for the broker
+    assert recorder.done.wait(5)
+    assert time.monotonic() - started >= 0.19
+    assert recorder.calls == [([1, 2, 3], "handoff-test")]
+    # The next id starts a new window.
+    recorder.done.clear()
+    coalescer.add([4])
+    assert recorder.done.wait(5)
+    assert recorder.calls[-1][0] == [4]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.2, CELERY_TASK_ALWAYS_EAGER=True)
+def test_eager_mode_hands_off_at_once_in_the_caller() -> None:
+    recorder = Recorder()
+    Coalescer("eager", recorder).add([7])
+    assert recorder.calls == [([7], threading.current_thread().name)]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0, CELERY_TASK_ALWAYS_EAGER=False)
+def test_window_zero_hands_off_at_once() -> None:
+    recorder = Recorder()
+    Coalescer("zero", recorder).add([8, 9])
+    assert recorder.calls == [([8, 9], threading.current_thread().name)]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_a_failing_send_is_logged_and_the_next_window_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder(fail=True)
+    coalescer = Coalescer("failing", recorder)
+    coalescer.add([1])
+    assert recorder.done.wait(5)
+    deadline = time.monotonic() + 5
+    while "handing off 1 id(s) failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "failing: handing off 1 id(s) failed" in caplog.text
+    recorder.done.clear()
+    coalescer.add([2])
+    assert recorder.done.wait(5)
+    assert [ids for ids, _thread in recorder.calls] == [[1], [2]]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=30, CELERY_TASK_ALWAYS_EAGER=False)
+def test_a_forked_child_does_not_count_on_the_parents_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    recorder = Recorder()
+    coalescer = Coalescer("fork", recorder)
+    coalescer.add([1])  # the parent's timer is pending
+    parent_timer = coalescer._timer
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as seen from a child after fork
+    coalescer.add([2])
+    assert coalescer._timer is not parent_timer  # the child started its own
+    assert coalescer._ids == [2]  # the parent's ids are the parent's to send
+    coalescer._timer.cancel()
+    parent_timer.cancel()
+    coalescer.flush()
+    assert recorder.calls[-1][0] == [2]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=30, CELERY_TASK_ALWAYS_EAGER=False)
+def test_inside_a_celery_task_hands_off_at_once() -> None:
+    """A worker's child process may exit (os._exit) before a timer fires."""
+    from celery import shared_task
+
+    recorder = Recorder()
+    coalescer = Coalescer("in-task", recorder)
+
+    @shared_task(name="tests.handoff_probe")
+    def probe() -> None:
+        coalescer.add([5])
+
+    probe.apply()  # runs in this thread as a task: current_task is set
+    assert recorder.calls == [([5], threading.current_thread().name)]
