@@ -22,6 +22,7 @@ from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
+from loyalty.sql import select_one
 from loyalty.throttle import failures_counted
 from members.apis import _valid
 from members.models import Member, Terminal
@@ -139,7 +140,7 @@ class BenefitExchangeApi(APIView):
         member: Member = request.user
 
         def operation() -> tuple[int, Any]:
-            benefit = Benefit.objects.filter(pk=pk, is_active=True).first()
+            benefit = select_one(Benefit, pk=pk, is_active=True)
             if benefit is None:
                 raise BenefitNotFound()
             # The code and its QR image are made before the member's account

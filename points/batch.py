@@ -45,12 +45,14 @@ class ExpiryResult:
     max_batch_seconds: float = 0.0
 
 
+# No row locks on the lots: the caller holds the accounts' locks, which every
+# writer of a member's lots takes first (points/locks.py); locking each lot too
+# cost a write per lot.
 _EXPIRE_SQL = """
 WITH lots AS (
     SELECT id, member_id, remaining, pending_until IS NOT NULL AS is_pending
     FROM points_pointslot
     WHERE member_id = ANY(%(ids)s) AND remaining > 0 AND expires_at <= %(as_of)s
-    FOR UPDATE
 ), sums AS (
     SELECT member_id, SUM(remaining)::int AS total,
            COALESCE(SUM(remaining) FILTER (WHERE is_pending), 0)::int AS pend, COUNT(*) AS n
@@ -116,11 +118,11 @@ def points_expire_due(*, as_of: datetime | None = None, batch_size: int | None =
     return result
 
 
+# As for expiry: the accounts' locks guard the lots.
 _RELEASE_SQL = """
 WITH lots AS (
     SELECT id, member_id, remaining FROM points_pointslot
     WHERE member_id = ANY(%(ids)s) AND pending_until IS NOT NULL AND pending_until <= %(now)s
-    FOR UPDATE
 ), sums AS (
     SELECT member_id, SUM(remaining)::int AS total FROM lots GROUP BY member_id
 ), acc AS (

@@ -12,6 +12,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from loyalty.sql import execute
 from members.models import Member, Store
 from points.models import PointsEntry, PointsLot
 
@@ -73,7 +74,7 @@ def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tu
         "store": store.pk if store is not None else None,
     }
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        execute(cursor, sql, params)
         row = cursor.fetchone()
     balance, pending, debt, lapsed, expiring_raw = row[:5]
     coupons_raw = row[5] if store is not None else []

@@ -31,7 +31,7 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
-from loyalty.sql import insert
+from loyalty.sql import execute, insert
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember
@@ -112,7 +112,8 @@ def _qualification(*, member_id: int, at: datetime) -> tuple[Decimal, int | None
     and rank; ``None`` below every threshold), as ``tier_for_spend`` picks it."""
     since = at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS)
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             "SELECT s.spend, t.id, t.rank FROM ("
             "  SELECT COALESCE(SUM(amount - refunded_amount), 0) AS spend FROM points_purchase"
             "  WHERE member_id = %s AND paid_at > %s AND paid_at <= %s) s "
@@ -220,7 +221,7 @@ def _draw(
     # exchange and every purchase paid with points (loyalty/sql.py says why).
     sql = _OPEN_LOTS_SQL + (_SPENDABLE_AT_SQL if spendable_only else "") + " ORDER BY expires_at, id"
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"member": account.member_id, "at": at})
+        execute(cursor, sql, {"member": account.member_id, "at": at})
         lots = cursor.fetchall()  # (id, remaining, pending_until), first to expire first
     if first_lots:
         lots.sort(key=lambda lot: 0 if lot[0] in first_lots else 1)  # stable: expiry order within each part
@@ -254,12 +255,14 @@ def _lots_take(entry: PointsEntry, taken: list[tuple[int, int, int]]) -> None:
     lot_values = ", ".join(["(%s::bigint, %s::integer)"] * len(taken))
     allocation_values = ", ".join(["(%s, %s, %s)"] * len(taken))
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"UPDATE points_pointslot l SET remaining = v.remaining FROM (VALUES {lot_values}) v(id, remaining) "  # noqa: S608 - placeholders only
             "WHERE l.id = v.id",
             [value for lot_id, _take, after in taken for value in (lot_id, after)],
         )
-        cursor.execute(
+        execute(
+            cursor,
             f"INSERT INTO points_pointsallocation (entry_id, lot_id, points) VALUES {allocation_values}",  # noqa: S608 - placeholders only
             [value for lot_id, take, _after in taken for value in (entry.pk, lot_id, -take)],
         )
@@ -324,7 +327,8 @@ def _save(account: PointsAccount) -> None:
     # account.save(update_fields=[...]) in plain SQL: on every purchase (loyalty/sql.py).
     account.updated_at = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             _ACCOUNT_SAVE_SQL, [account.balance, account.pending, account.debt, account.updated_at, account.member_id]
         )
 
@@ -468,7 +472,8 @@ def purchase_record(
         pending = earned if lot is not None and lot.pending_until is not None else 0
         notify_points_earned(earn_entry, lot=lot, member=member)
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             "UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
             "multiplier = %s WHERE id = %s",
             [earned, points_to_use, cash, multiplier, purchase.pk],
@@ -514,7 +519,7 @@ def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
 
 def _receipt_exists(store: Store, receipt_no: str) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM points_purchase WHERE store_id = %s AND receipt_no = %s", [store.pk, receipt_no])
+        execute(cursor, "SELECT 1 FROM points_purchase WHERE store_id = %s AND receipt_no = %s", [store.pk, receipt_no])
         return cursor.fetchone() is not None
 
 

@@ -12,7 +12,7 @@ from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 
 from campaigns.models import Coupon, CouponEvent
-from loyalty.sql import insert, select_one
+from loyalty.sql import _prepared_text, execute, insert, select_one
 from members.models import Member, MemberToken, Terminal, TerminalAPIKey, Tier
 from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
 
@@ -67,6 +67,11 @@ def test_select_one_is_null_filter_and_a_missing_nullable_relation(member: Membe
     found_member = select_one(Member, related=("registration_store",), pk=member.pk)
     assert found_member is not None
     assert found_member.registration_store is None
+
+
+def test_select_one_finds_nothing_for_an_id_out_of_the_columns_range(member: Member) -> None:
+    assert select_one(Member, pk=2**70) is None
+    assert select_one(Member, tier=-(2**40)) is None
 
 
 def test_select_one_refuses_reverse_relations() -> None:
@@ -145,3 +150,72 @@ def test_the_models_written_here_have_no_signal_receivers() -> None:
     for model in (Purchase, PointsEntry, PointsLot, PointsAccount, Coupon, CouponEvent):
         assert not pre_save.has_listeners(model), model
         assert not post_save.has_listeners(model), model
+
+
+# -----------------------------------------------------------------------------
+# execute(): prepared once per connection
+# -----------------------------------------------------------------------------
+def _prepared_here() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_execute_prepares_once_per_connection_and_counts_only_the_execute(settings: Any) -> None:
+    settings.LOYALTY_SQL_PREPARE = True
+    sql = "SELECT %(a)s::int + %(b)s::int, 'x%%y', %(a)s::int"
+    name = _prepared_text(sql)[0]
+    with CaptureQueriesContext(connection) as captured, connection.cursor() as cursor:
+        execute(cursor, sql, {"b": 2, "a": 40})
+        first = cursor.fetchone()
+        execute(cursor, sql, {"a": 1, "b": 1})
+        second = cursor.fetchone()
+    assert first == (42, "x%y", 40)
+    assert second == (2, "x%y", 1)
+    assert [q["sql"].split(" (")[0] for q in captured.captured_queries] == [f"EXECUTE {name}"] * 2
+    assert name in _prepared_here()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_server_session_prepares_again(settings: Any) -> None:
+    settings.LOYALTY_SQL_PREPARE = True
+    sql = "SELECT %s::int * 2"
+    with connection.cursor() as cursor:
+        execute(cursor, sql, [21])
+        assert cursor.fetchone() == (42,)
+    connection.close()  # e.g. CONN_MAX_AGE passed, or the server restarted
+    with connection.cursor() as cursor:
+        assert _prepared_text(sql)[0] not in _prepared_here()
+        execute(cursor, sql, [4])
+        assert cursor.fetchone() == (8,)
+    assert _prepared_text(sql)[0] in _prepared_here()
+
+
+def test_execute_without_preparing_when_turned_off(settings: Any) -> None:
+    settings.LOYALTY_SQL_PREPARE = False
+    sql = "SELECT %s::int + 1 AS not_prepared"
+    with CaptureQueriesContext(connection) as captured, connection.cursor() as cursor:
+        execute(cursor, sql, [1])
+        assert cursor.fetchone() == (2,)
+    assert captured.captured_queries[0]["sql"] == "SELECT 1::int + 1 AS not_prepared"
+    assert _prepared_text(sql)[0] not in _prepared_here()
+
+
+def test_execute_refuses_mixed_placeholders_and_a_wrong_count() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        _prepared_text("SELECT %s, %(a)s")
+    with connection.cursor() as cursor, pytest.raises(ValueError, match="2 parameters expected, 1 given"):
+        execute(cursor, "SELECT %s::int, %s::int", [1])
+
+
+def test_the_hot_paths_run_prepared(terminal_client: Any, member: Member, settings: Any) -> None:
+    """Identify and purchase: every statement after the first of each kind is an EXECUTE."""
+    from members.selectors import member_code_current
+
+    settings.LOYALTY_SQL_PREPARE = True
+    code, _ = member_code_current(member=member)
+    assert terminal_client.post("/api/v1/terminal/identify", {"code": code}, format="json").status_code == 200
+    with CaptureQueriesContext(connection) as captured:
+        response = terminal_client.post("/api/v1/terminal/identify", {"code": code}, format="json")
+    assert response.status_code == 200
+    assert [q["sql"][:8] for q in captured.captured_queries] == ["EXECUTE "] * 3  # key, member, summary

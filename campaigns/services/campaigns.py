@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignGrant, Coupon
 from loyalty.errors import LoyaltyError
+from loyalty.sql import execute
 from members.models import Member, Store, Tier
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def campaigns_for_purchase(*, at: datetime) -> list[Campaign]:
     runs, which is the common case at the till, and that one plain SQL (the
     ORM's query with its joins costs the till several milliseconds of CPU)."""
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"SELECT EXISTS (SELECT 1 FROM {Campaign._meta.db_table} WHERE kind = ANY(%s) AND status = %s "  # noqa: S608
             "AND starts_at <= %s AND (ends_at IS NULL OR ends_at > %s))",
             [[str(kind) for kind in PURCHASE_KINDS], str(Campaign.Status.ACTIVE), at, at],

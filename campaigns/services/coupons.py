@@ -35,7 +35,7 @@ from campaigns.errors import (
 from campaigns.models import Benefit, Coupon, CouponEvent
 from campaigns.services.notifications import notify_coupon_issued
 from campaigns.services.webhooks import webhook_coupon_written_off
-from loyalty.sql import insert
+from loyalty.sql import execute, insert
 from members.errors import MemberClosed, MemberFrozen, ReasonRequired
 from members.models import Member, Store, Terminal
 from points.locks import account_lock
@@ -81,7 +81,7 @@ def benefit_unavailable_reason(*, benefit: Benefit, member: Member, at: datetime
         return "ended"
     if benefit.validity == Benefit.Validity.FIXED and benefit.valid_until and benefit.valid_until <= at:
         return "ended"
-    eligible = [tier.pk for tier in benefit.eligible_tiers.all()]
+    eligible = _eligible_tier_ids(benefit)
     if eligible and member.tier_id not in eligible:
         return "tier"
     if benefit.total_stock is not None and benefit.issued_count >= benefit.total_stock:
@@ -89,10 +89,27 @@ def benefit_unavailable_reason(*, benefit: Benefit, member: Member, at: datetime
     return None
 
 
+def _eligible_tier_ids(benefit: Benefit) -> list[int]:
+    """The tiers that may get ``benefit`` (none: every tier). Prefetched by the
+    catalogue; otherwise one prepared statement (every exchange asks)."""
+    prefetched = getattr(benefit, "_prefetched_objects_cache", {})
+    if "eligible_tiers" in prefetched:
+        return [tier.pk for tier in prefetched["eligible_tiers"]]
+    with connection.cursor() as cursor:
+        execute(cursor, _ELIGIBLE_TIERS_SQL, [benefit.pk])
+        return [row[0] for row in cursor.fetchall()]
+
+
+_ELIGIBLE_TIERS_SQL = (
+    f"SELECT tier_id FROM {Benefit.eligible_tiers.through._meta.db_table} WHERE benefit_id = %s"  # noqa: S608 - model table
+)
+
+
 def _stock_take(benefit: Benefit) -> None:
     # Plain SQL: on every exchange, under the member's lock (loyalty/sql.py).
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             "UPDATE campaigns_benefit SET issued_count = issued_count + 1 "
             "WHERE id = %s AND (total_stock IS NULL OR issued_count < total_stock)",
             [benefit.pk],

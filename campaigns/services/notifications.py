@@ -54,6 +54,7 @@ from django.utils.translation import gettext, ngettext
 from campaigns.channels import ChannelError, OutgoingMessage, RecipientUnavailable, channel_get
 from campaigns.models import Coupon, OutboxMessage
 from loyalty.handoff import Coalescer
+from loyalty.sql import execute
 from members.models import Member, Tier
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,10 @@ def _insert(rows: list[_Row]) -> dict[str, tuple[int, datetime]]:
         "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key, created_at"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        if len(rows) == 1:  # the till's case: prepared (loyalty/sql.py)
+            execute(cursor, sql, params)
+        else:  # jobs: a statement of its own size, planned once
+            cursor.execute(sql, params)
         inserted = {key: (pk, created_at) for pk, key, created_at in cursor.fetchall()}
     due_now = [
         inserted[row.dedupe_key][0]

@@ -72,6 +72,7 @@ from campaigns.channels import ChannelError, http_post, json_body
 from campaigns.models import Coupon, WebhookDelivery, WebhookEndpoint
 from campaigns.services.notifications import SEND_FAN_OUT_SIZE, _jsonable, backoff_delay
 from loyalty.handoff import Coalescer
+from loyalty.sql import execute
 from members.models import Member, Tier
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def _subscribed(event: str) -> list[int]:
     """The active endpoints that take ``event`` (all events when their list is
     empty). Plain SQL: every ledger entry at the till asks."""
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"SELECT id FROM {WebhookEndpoint._meta.db_table} "  # noqa: S608 - model table
             "WHERE is_active AND (events = '[]'::jsonb OR events @> %s::jsonb) ORDER BY id",
             [json.dumps([event])],

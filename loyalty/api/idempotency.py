@@ -26,6 +26,7 @@ from rest_framework.request import Request
 
 from loyalty.errors import InvalidInput, LoyaltyError
 from loyalty.models import IdempotencyKey
+from loyalty.sql import execute
 
 HEADER = "HTTP_IDEMPOTENCY_KEY"
 MAX_KEY_LENGTH = 128
@@ -64,7 +65,8 @@ def idempotent(request: Request, *, scope: str, operation: Callable[[], tuple[in
     fingerprint = request_fingerprint(request)
     with transaction.atomic(durable=True):
         with connection.cursor() as cursor:
-            cursor.execute(
+            execute(
+                cursor,
                 "INSERT INTO loyalty_idempotencykey (scope, key, request_hash, created_at) "
                 "VALUES (%s, %s, %s, now()) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
                 [scope, key, fingerprint],
