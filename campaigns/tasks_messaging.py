@@ -14,10 +14,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from campaigns.services import notifications, webhooks
-from loyalty.tasks import single_instance
+from loyalty.tasks import single_instance, single_instance_or_retry
 
 # A sweep works batches of this size while a backlog remains, for at most
 # this long (the next beat tick is a minute away).
@@ -66,16 +66,18 @@ def outbox_send_due_task() -> int:
         return _drain(notifications.outbox_send_due) if acquired else 0
 
 
-@shared_task(name="campaigns.points_expiry_reminders")
-def points_expiry_reminders_task() -> int:
-    with single_instance("campaigns.points_expiry_reminders") as acquired:
-        return notifications.points_expiry_reminders() if acquired else 0
+# The daily reminders retry when they find their lock taken; the every-minute
+# sweeps skip (the next minute's run comes soon enough).
+@shared_task(name="campaigns.points_expiry_reminders", bind=True)
+def points_expiry_reminders_task(self: Task) -> int:
+    with single_instance_or_retry(self, "campaigns.points_expiry_reminders"):
+        return notifications.points_expiry_reminders()
 
 
-@shared_task(name="campaigns.coupons_expiring_reminders")
-def coupons_expiring_reminders_task() -> int:
-    with single_instance("campaigns.coupons_expiring_reminders") as acquired:
-        return notifications.coupons_expiring_reminders() if acquired else 0
+@shared_task(name="campaigns.coupons_expiring_reminders", bind=True)
+def coupons_expiring_reminders_task(self: Task) -> int:
+    with single_instance_or_retry(self, "campaigns.coupons_expiring_reminders"):
+        return notifications.coupons_expiring_reminders()
 
 
 @shared_task(name="campaigns.webhook_deliver")

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from dateutil.relativedelta import relativedelta
 from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 
-from loyalty.tasks import single_instance
+from loyalty.tasks import single_instance, single_instance_or_retry
 from reports import selectors, services
 
 # Rollups and snapshots share one lock: a snapshot reads what a build writes.
 LOCK_NAME = "reports.rollups"
 
 
-@shared_task(name="reports.build_rollups")
-def build_rollups_task() -> int:
+@shared_task(name="reports.build_rollups", bind=True)
+def build_rollups_task(self: Task) -> int:
     """Nightly: the days not built yet (yesterday), the safety window and dirty
-    days; then warms the dashboard's RFM map of the night's segmentation."""
-    with single_instance(LOCK_NAME) as acquired:
-        if not acquired:
-            return 0
+    days; then warms the dashboard's RFM map of the night's segmentation.
+    Finding the lock taken, it tries again later (``single_instance_or_retry``)."""
+    with single_instance_or_retry(self, LOCK_NAME):
         days = len(services.rollups_build().days)
     # On the primary; the cache key is the segmentation run's, so the pages
     # (on the replica once it has replayed that run) find the same entry.
