@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from campaigns import selectors
 from campaigns.errors import BenefitNotFound, CouponNotFound
 from campaigns.models import Benefit, Coupon
-from campaigns.services.coupons import benefit_exchange, coupon_code_new, coupon_write_off, reason_text
+from campaigns.services.coupons import benefit_exchange_in_transaction, coupon_code_new, coupon_write_off, reason_text
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
 from loyalty.api.bodies import represent
 from loyalty.api.idempotency import idempotent
@@ -147,7 +147,7 @@ class BenefitExchangeApi(APIView):
             # lock, which every exchange of theirs waits for until commit.
             code = coupon_code_new()
             qr_svg = coupon_qr_svg(code)
-            coupon = benefit_exchange(benefit=benefit, member=member, code=code)
+            coupon = benefit_exchange_in_transaction(benefit=benefit, member=member, code=code)
             return 201, coupon_output(coupon, with_qr=True, qr_svg=qr_svg)
 
         return idempotent(request, scope=f"member:{member.pk}", operation=operation)

@@ -230,7 +230,7 @@ class PurchaseCreateApi(APIView):
                 identified = None
                 if data["member"].strip():
                     identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
-                result = services.purchase_record(
+                result = services.purchase_record_in_transaction(
                     store=terminal.store,
                     terminal=terminal,
                     receipt_no=data["receipt_no"],

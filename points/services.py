@@ -392,8 +392,7 @@ def purchase_preview(
     }
 
 
-@transaction.atomic
-def purchase_record(
+def purchase_record_in_transaction(
     *,
     store: Store,
     terminal: Terminal | None,
@@ -414,7 +413,14 @@ def purchase_record(
     ``MemberFrozen``, ``MemberClosed``, ``PointsOverCap``, ``InsufficientPoints``,
     ``InvalidPaidAt`` and the coupon errors of ``coupon_write_off``; on any of
     them nothing is written.
+
+    Runs in the caller's transaction without a savepoint of its own (two
+    statements fewer at the till): the API's durable transaction, which an
+    error rolls back whole. ``purchase_record`` is the same in a savepoint, for
+    callers that catch an error and go on.
     """
+    if not connection.in_atomic_block:
+        raise RuntimeError("purchase_record_in_transaction needs a transaction: use purchase_record")
     now = now or timezone.now()
     if amount <= 0:
         raise InvalidAmount()
@@ -493,6 +499,9 @@ def purchase_record(
         tier_changed=new_tier is not None,
         coupons_written_off=coupons,
     )
+
+
+purchase_record = transaction.atomic(purchase_record_in_transaction)
 
 
 def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:

@@ -219,3 +219,41 @@ def test_the_hot_paths_run_prepared(terminal_client: Any, member: Member, settin
         response = terminal_client.post("/api/v1/terminal/identify", {"code": code}, format="json")
     assert response.status_code == 200
     assert [q["sql"][:8] for q in captured.captured_queries] == ["EXECUTE "] * 3  # key, member, summary
+
+
+@pytest.mark.django_db(transaction=True)  # the API's durable transaction is a real one
+def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member: Member, settings: Any) -> None:
+    """The API's durable transaction is the only one: an error rolls it back whole."""
+    code = member.member_no
+    with CaptureQueriesContext(connection) as captured:
+        response = terminal_client.post(
+            "/api/v1/terminal/purchases", {"member": code, "receipt_no": "S-1", "amount": "88.00"}, format="json"
+        )
+    assert response.status_code == 201, response.content
+    statements = [q["sql"] for q in captured.captured_queries]
+    assert not [sql for sql in statements if "SAVEPOINT" in sql]
+    # and a purchase refused after its row was inserted (more points than the member has) leaves nothing
+    from members.selectors import member_code_current
+
+    scanned, _ = member_code_current(member=member)
+    response = terminal_client.post(
+        "/api/v1/terminal/purchases",
+        {"member": scanned, "receipt_no": "S-2", "amount": "88.00", "points_to_use": 1000},
+        format="json",
+    )
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "insufficient_points"
+    assert not Purchase.objects.filter(receipt_no="S-2").exists()
+    assert PointsEntry.objects.filter(member=member).count() == 1  # the first purchase's earn
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_in_transaction_services_refuse_to_run_in_autocommit(member: Member, store: Any) -> None:
+    from campaigns.services.coupons import benefit_exchange_in_transaction
+    from points.services import purchase_record_in_transaction
+
+    with pytest.raises(RuntimeError, match="needs a transaction"):
+        purchase_record_in_transaction(store=store, terminal=None, receipt_no="A-1", amount=Decimal("1"))
+    with pytest.raises(RuntimeError, match="needs a transaction"):
+        benefit_exchange_in_transaction(benefit=None, member=member)  # type: ignore[arg-type]
+    assert not Purchase.objects.exists()

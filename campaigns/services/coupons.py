@@ -195,8 +195,7 @@ def _eligibility_check(benefit: Benefit, member: Member, at: datetime) -> None:
         raise BenefitUnavailable(reason=reason_text(reason_code), detail={"reason": reason_code})
 
 
-@transaction.atomic
-def benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = None, code: str = "") -> Coupon:
+def benefit_exchange_in_transaction(*, benefit: Benefit, member: Member, at: datetime | None = None, code: str = "") -> Coupon:
     """Exchange points for a coupon: the points debit, the stock and the coupon
     are one transaction. ``code``: the new coupon's code when the caller made
     it beforehand (``coupon_code_new``), e.g. to draw its QR image before the lock.
@@ -204,7 +203,13 @@ def benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = 
     ``InsufficientPoints``, ``MemberFrozen``, ``MemberClosed``.
 
     Every exchange of a member queues behind their account lock until commit,
-    so the read-only checks come before it and the lock is taken once."""
+    so the read-only checks come before it and the lock is taken once.
+
+    Runs in the caller's transaction without a savepoint of its own (the API's
+    durable transaction, which an error rolls back whole); ``benefit_exchange``
+    is the same in a savepoint."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("benefit_exchange_in_transaction needs a transaction: use benefit_exchange")
     from points.models import PointsEntry
     from points.services import Refs, points_debit
 
@@ -229,6 +234,9 @@ def benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = 
         benefit=benefit, member=member, source=Coupon.Source.EXCHANGE, at=at, reason=Coupon.Source.EXCHANGE,
         code=code, exchange_entry=entry,
     )
+
+
+benefit_exchange = transaction.atomic(benefit_exchange_in_transaction)
 
 
 def _first_write_off(coupon: Coupon) -> CouponAlreadyWrittenOff:
