@@ -55,21 +55,32 @@ class Coalescer:
                 self._pid, self._ids, self._timer = os.getpid(), [], None
             self._ids.extend(ids)
             if self._timer is None:
-                self._timer = threading.Timer(window, self.flush)
-                self._timer.daemon = True
-                self._timer.name = f"handoff-{self.name}"
-                self._timer.start()
+                self._start()
 
     def flush(self) -> None:
-        """Hand off what is gathered now (the timer calls it; so does exit)."""
+        """Hand off what is gathered now (the timer calls it; so does exit).
+
+        The timer counts as running until the send returns: ids added meanwhile
+        wait and go out together right after it, so a broker that hangs holds
+        one thread per coalescer, not one more every window."""
         with self._lock:
-            ids, self._ids, self._timer = self._ids, [], None
-        if not ids:
-            return
+            ids, self._ids = self._ids, []
         try:
-            self.send(ids)
+            if ids:
+                self.send(ids)
         except Exception:  # send() logs broker errors itself; anything else must not kill the timer thread silently
             logger.exception("%s: handing off %s id(s) failed; the periodic sweep will send them", self.name, len(ids))
+        finally:
+            with self._lock:
+                self._timer = None
+                if self._ids and self._pid == os.getpid():
+                    self._start()
+
+    def _start(self) -> None:
+        self._timer = threading.Timer(settings.LOYALTY_HANDOFF_WINDOW_SECONDS, self.flush)
+        self._timer.daemon = True
+        self._timer.name = f"handoff-{self.name}"
+        self._timer.start()
 
 
 @atexit.register

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.models import Model
 
 M = TypeVar("M", bound=Model)
@@ -46,6 +46,8 @@ class _Part:
     parent: int | None  # index of the part it hangs from
     field: Any  # the ForeignKey of the parent that points here
     pk_index: int  # where its primary key is among its columns (NULL: no related row)
+    converters: tuple[tuple[int, Any, tuple[Any, ...]], ...]  # (column, field, from_db_value…) as the ORM applies
+    outer: bool  # reached through a LEFT JOIN: its row may be missing
 
 
 @dataclass(frozen=True)
@@ -83,35 +85,60 @@ def _prepared_text(sql: str) -> tuple[str, str, tuple[str, ...] | int]:
     return name, text, tuple(names) if names else count
 
 
+@dataclass
+class _Prepared:
+    raw: Any  # the driver's connection (a new one is a new server session)
+    names: set[str]
+    generation: int = 0  # bumped when the server refused a statement: prepare anew under new names
+
+
+# A prepared statement the server no longer accepts: its plan's result type changed
+# (a migration altered a column while this process ran), or it is gone (DEALLOCATE).
+_STALE_SQLSTATES = frozenset({"0A000", "26000"})
+
+
 def execute(cursor: Any, sql: str, params: list[Any] | tuple[Any, ...] | dict[str, Any] | None = None) -> None:
     """``cursor.execute(sql, params)``, as a prepared statement of the cursor's
-    connection: prepared on first use there, executed by name afterwards."""
+    connection: prepared on first use there, executed by name afterwards.
+
+    PostgreSQL fixes each parameter's type from the SQL when it prepares it (a
+    plain execute sends psycopg2's typed literals instead): cast a parameter
+    whose type the SQL leaves open (``%s::numeric``, ``%s::int``). If the server
+    refuses a prepared statement as stale, this request fails (its transaction
+    is aborted anyway) and the connection prepares afresh from the next one."""
     if not settings.LOYALTY_SQL_PREPARE:
         cursor.execute(sql, params)
         return
-    name, text, spec = _prepared_text(sql)
+    base, text, spec = _prepared_text(sql)
     connection = cursor.db
     raw = connection.connection
     state = connection.__dict__.get("_loyalty_prepared")
-    if state is None or state[0] is not raw:  # a new server session: nothing prepared there yet
-        state = (raw, set())
+    if state is None or state.raw is not raw:  # a new server session: nothing prepared there yet
+        state = _Prepared(raw, set())
         connection._loyalty_prepared = state
-    if name not in state[1]:
+    name = f"{base}_{state.generation}" if state.generation else base
+    if name not in state.names:
         # Per-connection setup, not one of the request's queries: through the
         # driver's cursor, so query counts and logs show the EXECUTE only.
         with connection.wrap_database_errors:
             cursor.cursor.execute(f"PREPARE {name} AS {text}")
-        state[1].add(name)
+        state.names.add(name)
     if isinstance(spec, tuple):
         values = [params[key] for key in spec]  # type: ignore[index]
     else:
         values = list(params or ())
         if len(values) != spec:
             raise ValueError(f"{spec} parameters expected, {len(values)} given")
-    if values:
-        cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(values))})", values)
-    else:
-        cursor.execute(f"EXECUTE {name}")
+    try:
+        if values:
+            cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(values))})", values)
+        else:
+            cursor.execute(f"EXECUTE {name}")
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "pgcode", None) in _STALE_SQLSTATES:
+            state.names.clear()
+            state.generation += 1
+        raise
 
 
 def _quote(name: str) -> str:
@@ -127,16 +154,24 @@ def _select_plan(
     parts: list[_Part] = []
     aliases: dict[str, int] = {}
 
-    def add(part_model: type[Model], alias: str, parent: int | None, field: Any) -> int:
+    connection = connections["default"]
+
+    def add(part_model: type[Model], alias: str, parent: int | None, field: Any, outer: bool) -> int:
         fields = part_model._meta.concrete_fields
         start = len(columns)
         columns.extend(f"{alias}.{_quote(f.column)}" for f in fields)
         attnames = tuple(f.attname for f in fields)
         pk_index = attnames.index(part_model._meta.pk.attname)
-        parts.append(_Part(part_model, attnames, start, len(columns), parent, field, pk_index))
+        # Values as the ORM gives them (a JSONField's from_db_value parses its text).
+        converters = tuple(
+            (i, f, tuple(f.get_db_converters(connection)))
+            for i, f in enumerate(fields)
+            if f.get_db_converters(connection)
+        )
+        parts.append(_Part(part_model, attnames, start, len(columns), parent, field, pk_index, converters, outer))
         return len(parts) - 1
 
-    add(model, "t0", None, None)
+    add(model, "t0", None, None, False)
     aliases[""] = 0
     # "terminal__store" follows "terminal" first.
     paths = {"__".join(path.split("__")[: i + 1]) for path in related for i in range(path.count("__") + 1)}
@@ -149,12 +184,14 @@ def _select_plan(
             raise ValueError(f"{path}: only forward foreign keys can be followed")
         alias = f"t{len(parts)}"
         target = field.related_model
-        join = "LEFT JOIN" if field.null else "JOIN"
+        # Below a LEFT JOIN every join is one too: a missing parent row must not drop the whole row.
+        outer = field.null or parent.outer
+        join = "LEFT JOIN" if outer else "JOIN"
         joins.append(
             f"{join} {_quote(target._meta.db_table)} {alias} ON {alias}.{_quote(field.target_field.column)} "
             f"= t{parent_index}.{_quote(field.column)}"
         )
-        aliases[path] = add(target, alias, parent_index, field)
+        aliases[path] = add(target, alias, parent_index, field, outer)
 
     where: list[str] = []
     filter_fields = []
@@ -204,6 +241,11 @@ def select_one(
     instances: list[Model | None] = []
     for part in plan.parts:
         values = row[part.start : part.end]
+        if part.converters and values[part.pk_index] is not None:
+            values = list(values)
+            for i, field, converters in part.converters:
+                for converter in converters:
+                    values[i] = converter(values[i], field, connection)
         if part.parent is None:
             instances.append(part.model.from_db(using, part.attnames, values))
             continue
@@ -261,3 +303,9 @@ def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str =
     instance._state.adding = False
     instance._state.db = using
     return instance
+
+
+def in_durable_transaction(using: str = "default") -> bool:
+    """Inside ``transaction.atomic(durable=True)``: the request's own transaction,
+    which an error rolls back whole (the services that make no savepoint need it)."""
+    return any(getattr(block, "durable", False) for block in connections[using].atomic_blocks)

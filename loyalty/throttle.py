@@ -32,7 +32,7 @@ def _key(kind: str, terminal_id: int) -> str:
     return f"{kind}-failures:{terminal_id}"
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def _reader(backend: Any) -> Any:
     """One Redis client per cache backend (Django's makes a new one per call:
     0.1 ms of CPU each, on every identify and purchase)."""

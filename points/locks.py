@@ -30,7 +30,8 @@ def account_lock(member: Member) -> PointsAccount:
             [member.pk],
         )
     account = select_one(PointsAccount, for_update=True, member=member.pk)
-    assert account is not None, "inserted above or by a concurrent transaction"
+    if account is None:  # inserted above or by a concurrent transaction: cannot be missing
+        raise RuntimeError(f"points account of member {member.pk} missing after its insert")
     return account
 
 

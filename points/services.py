@@ -18,7 +18,7 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -31,7 +31,7 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
-from loyalty.sql import execute, insert
+from loyalty.sql import execute, in_durable_transaction, insert
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember
@@ -251,20 +251,21 @@ _SPENDABLE_AT_SQL = " AND (pending_until IS NULL OR pending_until <= %(at)s) AND
 
 
 def _lots_take(entry: PointsEntry, taken: list[tuple[int, int, int]]) -> None:
-    """Set the drawn lots' remaining and record the allocations: two statements."""
-    lot_values = ", ".join(["(%s::bigint, %s::integer)"] * len(taken))
-    allocation_values = ", ".join(["(%s, %s, %s)"] * len(taken))
+    """Set the drawn lots' remaining and record the allocations: two statements,
+    the same whatever the number of lots (arrays), so each is prepared once."""
+    ids = [lot_id for lot_id, _take, _after in taken]
     with connection.cursor() as cursor:
         execute(
             cursor,
-            f"UPDATE points_pointslot l SET remaining = v.remaining FROM (VALUES {lot_values}) v(id, remaining) "  # noqa: S608 - placeholders only
-            "WHERE l.id = v.id",
-            [value for lot_id, _take, after in taken for value in (lot_id, after)],
+            "UPDATE points_pointslot l SET remaining = v.remaining "
+            "FROM unnest(%s::bigint[], %s::integer[]) AS v(id, remaining) WHERE l.id = v.id",
+            [ids, [after for _lot_id, _take, after in taken]],
         )
         execute(
             cursor,
-            f"INSERT INTO points_pointsallocation (entry_id, lot_id, points) VALUES {allocation_values}",  # noqa: S608 - placeholders only
-            [value for lot_id, take, _after in taken for value in (entry.pk, lot_id, -take)],
+            "INSERT INTO points_pointsallocation (entry_id, lot_id, points) "
+            "SELECT %s::bigint, v.lot_id, v.points FROM unnest(%s::bigint[], %s::integer[]) AS v(lot_id, points)",
+            [entry.pk, ids, [-take for _lot_id, take, _after in taken]],
         )
 
 
@@ -331,6 +332,8 @@ def _save(account: PointsAccount) -> None:
             cursor,
             _ACCOUNT_SAVE_SQL, [account.balance, account.pending, account.debt, account.updated_at, account.member_id]
         )
+        if cursor.rowcount != 1:  # as save(update_fields=...) would
+            raise DatabaseError(f"points account of member {account.member_id} not found to save")
 
 
 def _member_can_earn(member: Member) -> None:
@@ -392,7 +395,7 @@ def purchase_preview(
     }
 
 
-def purchase_record_in_transaction(
+def _purchase_record(
     *,
     store: Store,
     terminal: Terminal | None,
@@ -414,13 +417,9 @@ def purchase_record_in_transaction(
     ``InvalidPaidAt`` and the coupon errors of ``coupon_write_off``; on any of
     them nothing is written.
 
-    Runs in the caller's transaction without a savepoint of its own (two
-    statements fewer at the till): the API's durable transaction, which an
-    error rolls back whole. ``purchase_record`` is the same in a savepoint, for
-    callers that catch an error and go on.
+    ``purchase_record`` runs it in a savepoint (callers may catch an error and
+    go on); ``purchase_record_in_transaction`` in the API's durable transaction.
     """
-    if not connection.in_atomic_block:
-        raise RuntimeError("purchase_record_in_transaction needs a transaction: use purchase_record")
     now = now or timezone.now()
     if amount <= 0:
         raise InvalidAmount()
@@ -501,7 +500,17 @@ def purchase_record_in_transaction(
     )
 
 
-purchase_record = transaction.atomic(purchase_record_in_transaction)
+purchase_record = transaction.atomic(_purchase_record)
+
+
+def purchase_record_in_transaction(**kwargs: Any) -> PurchaseResult:
+    """``purchase_record`` without a savepoint of its own, for the API: inside
+    its durable transaction, which an error rolls back whole (two statements
+    fewer at the till). Raises ``RuntimeError`` outside a durable transaction,
+    where a caller could catch an error and commit half a purchase."""
+    if not in_durable_transaction():
+        raise RuntimeError("purchase_record_in_transaction needs a durable transaction: use purchase_record")
+    return _purchase_record(**kwargs)
 
 
 def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
@@ -540,10 +549,13 @@ def _purchase_insert(**fields: Any) -> Purchase:
     purchase = insert(Purchase, on_conflict_do_nothing=True, **fields)
     if purchase is not None:
         return purchase
-    # Purchase's only unique constraints: the receipt per store and the member code per member.
     if _receipt_exists(fields["store"], fields["receipt_no"]):
         raise DuplicateReceipt(receipt_no=fields["receipt_no"])
-    raise MemberCodeAlreadyUsed()
+    if fields.get("code_step") is not None and Purchase.objects.filter(
+        member=fields["member"], code_step=fields["code_step"]
+    ).exists():
+        raise MemberCodeAlreadyUsed()
+    raise IntegrityError(f"purchase {fields['receipt_no']!r} conflicts with a row under another unique constraint")
 
 
 # -----------------------------------------------------------------------------

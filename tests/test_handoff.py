@@ -118,3 +118,58 @@ def test_inside_a_celery_task_hands_off_at_once() -> None:
 
     probe.apply()  # runs in this thread as a task: current_task is set
     assert recorder.calls == [([5], threading.current_thread().name)]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_a_hanging_send_holds_one_thread_and_what_came_meanwhile_goes_out_next() -> None:
+    """A broker that hangs (each send blocks for its timeouts) must not pile up a thread per window."""
+    release = threading.Event()
+    calls: list[list[int]] = []
+
+    def slow_send(ids: list[int]) -> None:
+        calls.append(ids)
+        if len(calls) == 1:
+            release.wait(5)
+
+    coalescer = Coalescer("slow", slow_send)
+    coalescer.add([1])
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for n in range(2, 12):  # ten more windows' worth while the first send hangs
+        coalescer.add([n])
+        time.sleep(0.02)
+    running = [t for t in threading.enumerate() if t.name == "handoff-slow"]
+    assert len(running) == 1
+    assert calls == [[1]]
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [[1], list(range(2, 12))]
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_adds_from_many_threads_are_each_handed_off_once() -> None:
+    received: list[int] = []
+    lock = threading.Lock()
+
+    def send(ids: list[int]) -> None:
+        with lock:
+            received.extend(ids)
+
+    coalescer = Coalescer("threads", send)
+
+    def add_many(start: int) -> None:
+        for n in range(start, start + 200):
+            coalescer.add([n])
+
+    threads = [threading.Thread(target=add_many, args=(k * 1000,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 5
+    while len(received) < 1600 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(received) == sorted(k * 1000 + n for k in range(8) for n in range(200))

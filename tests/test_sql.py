@@ -252,8 +252,99 @@ def test_the_in_transaction_services_refuse_to_run_in_autocommit(member: Member,
     from campaigns.services.coupons import benefit_exchange_in_transaction
     from points.services import purchase_record_in_transaction
 
-    with pytest.raises(RuntimeError, match="needs a transaction"):
+    with pytest.raises(RuntimeError, match="needs a durable transaction"):
         purchase_record_in_transaction(store=store, terminal=None, receipt_no="A-1", amount=Decimal("1"))
-    with pytest.raises(RuntimeError, match="needs a transaction"):
+    with pytest.raises(RuntimeError, match="needs a durable transaction"):
         benefit_exchange_in_transaction(benefit=None, member=member)  # type: ignore[arg-type]
     assert not Purchase.objects.exists()
+
+
+def test_select_one_keeps_the_row_when_a_relation_below_a_missing_one_is_not_null(member: Member) -> None:
+    """referrer is nullable, the referrer's tier is not: the member without a referrer is still found."""
+    found = select_one(Member, related=("referrer__tier",), pk=member.pk)
+    assert found is not None
+    assert found.pk == member.pk
+    assert found.referrer is None
+
+
+def test_select_one_gives_field_values_as_the_orm_does(store: Any) -> None:
+    """A JSONField's value is parsed (its from_db_value), not the database's text."""
+    from campaigns.models import WebhookEndpoint
+
+    endpoint = WebhookEndpoint.objects.create(
+        name="ERP", url="https://erp.example/hook", secret="whsec_x", events=["points_changed"]
+    )
+    found = select_one(WebhookEndpoint, pk=endpoint.pk)
+    assert found is not None
+    assert found.events == ["points_changed"]
+    assert _fields(found) == _fields(WebhookEndpoint.objects.get(pk=endpoint.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_the_server_no_longer_has_fails_once_then_is_prepared_again(settings: Any) -> None:
+    from django.db import DatabaseError, transaction
+
+    settings.LOYALTY_SQL_PREPARE = True
+    sql = "SELECT %s::int + 100"
+    with connection.cursor() as cursor:
+        execute(cursor, sql, [1])
+        assert cursor.fetchone() == (101,)
+        cursor.execute(f"DEALLOCATE {_prepared_text(sql)[0]}")  # as DISCARD ALL or a pooler would
+    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+        execute(cursor, sql, [2])
+    with connection.cursor() as cursor:
+        execute(cursor, sql, [3])
+        assert cursor.fetchone() == (103,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_in_transaction_services_refuse_a_plain_atomic_block(member: Member, store: Any) -> None:
+    """Inside atomic() a caller could catch the error and commit half a purchase: only a durable block will do."""
+    from django.db import transaction
+
+    from points.services import purchase_record_in_transaction
+
+    with transaction.atomic(), pytest.raises(RuntimeError, match="needs a durable transaction"):
+        purchase_record_in_transaction(store=store, terminal=None, receipt_no="A-2", amount=Decimal("1"))
+    assert not Purchase.objects.exists()
+
+
+def test_a_draw_over_many_lots_uses_one_statement_shape(member: Member, settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from points.models import PointsAllocation
+    from points.services import Refs, points_credit, points_debit
+
+    settings.LOYALTY_SQL_PREPARE = True
+    now = timezone.now()
+    for days in (5, 4, 3, 2):
+        points_credit(member=member, points=10, kind=PointsEntry.Kind.ADJUST, at=now - timedelta(days=days),
+                      refs=Refs(source=PointsEntry.Source.OPERATOR, reason="t"))
+    before = len(_prepared_here())
+    one = points_debit(member=member, points=5, kind=PointsEntry.Kind.REDEEM, refs=Refs(source=PointsEntry.Source.OPERATOR, reason="t"))
+    after_one = len(_prepared_here())
+    three = points_debit(member=member, points=25, kind=PointsEntry.Kind.REDEEM, refs=Refs(source=PointsEntry.Source.OPERATOR, reason="t"))
+    assert len(_prepared_here()) == after_one >= before  # three lots: no new statement
+    assert list(PointsAllocation.objects.filter(entry=one).values_list("points", flat=True)) == [-5]
+    assert sorted(PointsAllocation.objects.filter(entry=three).values_list("points", flat=True)) == [-10, -10, -5]
+    assert PointsLot.objects.filter(member=member, remaining__gt=0).count() == 1
+
+
+def test_the_till_works_the_same_without_prepared_statements(terminal_client: Any, member: Member, settings: Any) -> None:
+    """LOYALTY_SQL_PREPARE=0 (behind a pooler in transaction mode): plain statements, same answers."""
+    from members.selectors import member_code_current
+
+    settings.LOYALTY_SQL_PREPARE = False
+    code, _ = member_code_current(member=member)
+    with CaptureQueriesContext(connection) as captured:
+        identified = terminal_client.post("/api/v1/terminal/identify", {"code": code}, format="json")
+        bought = terminal_client.post(
+            "/api/v1/terminal/purchases", {"member": code, "receipt_no": "NP-1", "amount": "50.00"}, format="json"
+        )
+    assert identified.status_code == 200, identified.content
+    assert bought.status_code == 201, bought.content
+    assert bought.json()["points_earned"] == 50
+    assert not [q for q in captured.captured_queries if q["sql"].startswith(("EXECUTE", "PREPARE"))]
+    assert PointsAccount.objects.get(member=member).balance == 50

@@ -35,7 +35,7 @@ from campaigns.errors import (
 from campaigns.models import Benefit, Coupon, CouponEvent
 from campaigns.services.notifications import notify_coupon_issued
 from campaigns.services.webhooks import webhook_coupon_written_off
-from loyalty.sql import execute, insert
+from loyalty.sql import execute, in_durable_transaction, insert
 from members.errors import MemberClosed, MemberFrozen, ReasonRequired
 from members.models import Member, Store, Terminal
 from points.locks import account_lock
@@ -195,7 +195,7 @@ def _eligibility_check(benefit: Benefit, member: Member, at: datetime) -> None:
         raise BenefitUnavailable(reason=reason_text(reason_code), detail={"reason": reason_code})
 
 
-def benefit_exchange_in_transaction(*, benefit: Benefit, member: Member, at: datetime | None = None, code: str = "") -> Coupon:
+def _benefit_exchange(*, benefit: Benefit, member: Member, at: datetime | None = None, code: str = "") -> Coupon:
     """Exchange points for a coupon: the points debit, the stock and the coupon
     are one transaction. ``code``: the new coupon's code when the caller made
     it beforehand (``coupon_code_new``), e.g. to draw its QR image before the lock.
@@ -205,11 +205,8 @@ def benefit_exchange_in_transaction(*, benefit: Benefit, member: Member, at: dat
     Every exchange of a member queues behind their account lock until commit,
     so the read-only checks come before it and the lock is taken once.
 
-    Runs in the caller's transaction without a savepoint of its own (the API's
-    durable transaction, which an error rolls back whole); ``benefit_exchange``
-    is the same in a savepoint."""
-    if not connection.in_atomic_block:
-        raise RuntimeError("benefit_exchange_in_transaction needs a transaction: use benefit_exchange")
+    ``benefit_exchange`` runs it in a savepoint; ``benefit_exchange_in_transaction``
+    in the API's durable transaction."""
     from points.models import PointsEntry
     from points.services import Refs, points_debit
 
@@ -236,7 +233,15 @@ def benefit_exchange_in_transaction(*, benefit: Benefit, member: Member, at: dat
     )
 
 
-benefit_exchange = transaction.atomic(benefit_exchange_in_transaction)
+benefit_exchange = transaction.atomic(_benefit_exchange)
+
+
+def benefit_exchange_in_transaction(**kwargs: Any) -> Coupon:
+    """``benefit_exchange`` without a savepoint of its own, for the API (inside
+    its durable transaction). Raises ``RuntimeError`` outside one."""
+    if not in_durable_transaction():
+        raise RuntimeError("benefit_exchange_in_transaction needs a durable transaction: use benefit_exchange")
+    return _benefit_exchange(**kwargs)
 
 
 def _first_write_off(coupon: Coupon) -> CouponAlreadyWrittenOff:
