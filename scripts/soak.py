@@ -390,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
     redis = loadkit.RedisServer()
     server: loadkit.AppServer | None = None
     code_secret = secrets.token_hex(32)
-    step_seconds = 60
+    step_seconds = args.code_step_seconds
     try:
         redis.start()
         env = loadkit.app_env(
@@ -481,6 +481,13 @@ def main() -> int:
     parser.add_argument("--capacity-seconds", type=int, default=20, help="closed-loop capacity run, also the warm-up")
     parser.add_argument("--workers", type=int, default=5, help="gunicorn workers (production runs 5)")
     parser.add_argument("--members", type=int, default=1000)
+    parser.add_argument(
+        "--code-step-seconds",
+        type=int,
+        default=60,
+        help="member code step (production 60); a code pays one purchase per step, so a short run with few "
+        "members needs a shorter step to keep paying with points",
+    )
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="worker RSS sampling period")
     parser.add_argument(
         "--max-growth-mib", type=float, default=4.0, help="allowed growth of worker RSS, MiB per worker (default 4)"

@@ -37,6 +37,9 @@ def test_mixed_till_traffic_at_half_capacity_has_no_errors_and_flat_worker_memor
                 f"--capacity-seconds={CAPACITY_SECONDS}",
                 "--workers=2",
                 "--members=150",
+                # A member's code pays one purchase per step: with 150 members and
+                # a 60 s step, the capacity run can use up every code of the step.
+                "--code-step-seconds=10",
                 "--sample-seconds=2",
                 f"--database-url={pg.url('loyalty_soak')}",
                 f"--out={tmp_path}",
