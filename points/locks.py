@@ -14,10 +14,6 @@ from members.models import Member
 from points.models import PointsAccount, Purchase
 
 
-def account_qs_for_update() -> QuerySet[PointsAccount]:
-    return PointsAccount.objects.order_by("pk").select_for_update(of=("self",), no_key=True)
-
-
 def account_lock(member: Member) -> PointsAccount:
     """Lock (creating if needed) the member's points account, evaluated at once."""
     account = select_one(PointsAccount, for_update=True, member=member.pk)
