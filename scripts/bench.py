@@ -55,6 +55,17 @@ PGBENCH_DB = f"{BENCH_DB}_pgbench"
 # so its queued tasks never reach a development worker of the real database.
 BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "13"))
 WRK_THREADS = 2
+# Server settings that decide the nightly jobs' figures at SCALE=full: recorded
+# with every run (the embedded server sizes them from memory, scripts/devservices.py).
+SERVER_SETTINGS = (
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "maintenance_work_mem",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "synchronous_commit",
+)
 
 SCALES: dict[str, dict[str, Any]] = {
     "small": {
@@ -1477,6 +1488,14 @@ def run(scale_name: str) -> int:
         with connection.cursor() as cursor:
             cursor.execute("SHOW server_version")
             r["machine"]["postgresql"] = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                [list(SERVER_SETTINGS)],
+            )
+            r["machine"]["postgresql_settings"] = {
+                name: f"{setting} {unit or ''}".strip() for name, setting, unit in cursor.fetchall()
+            }
+        log("PostgreSQL settings: " + ", ".join(f"{k}={v}" for k, v in r["machine"]["postgresql_settings"].items()))
         call_command("migrate", verbosity=0)
         log("migrated; generating data in SQL")
         data = data_generate(scale)
@@ -1648,6 +1667,9 @@ def run(scale_name: str) -> int:
         f"SCALE={scale_name}, {load['cpus']} CPUs, load average {load['load_average_start']} at start, "
         f"{load['load_average_end']} at end; {r['seconds']} s in all."
     )
+    settings = load.get("postgresql_settings") or {}
+    if settings:
+        print(f"PostgreSQL {load.get('postgresql')}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     if r["errors"]:
         print("Problems: " + "; ".join(r["errors"]))
     r.pop("steps", None)
