@@ -1489,12 +1489,10 @@ def run(scale_name: str) -> int:
             cursor.execute("SHOW server_version")
             r["machine"]["postgresql"] = cursor.fetchone()[0]
             cursor.execute(
-                "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
                 [list(SERVER_SETTINGS)],
             )
-            r["machine"]["postgresql_settings"] = {
-                name: f"{setting} {unit or ''}".strip() for name, setting, unit in cursor.fetchall()
-            }
+            r["machine"]["postgresql_settings"] = dict(cursor.fetchall())
         log("PostgreSQL settings: " + ", ".join(f"{k}={v}" for k, v in r["machine"]["postgresql_settings"].items()))
         call_command("migrate", verbosity=0)
         log("migrated; generating data in SQL")
