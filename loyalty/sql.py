@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Model
 
 M = TypeVar("M", bound=Model)
@@ -129,11 +130,19 @@ def execute(cursor: Any, sql: str, params: list[Any] | tuple[Any, ...] | dict[st
         values = list(params or ())
         if len(values) != spec:
             raise ValueError(f"{spec} parameters expected, {len(values)} given")
+    statement = f"EXECUTE {name} ({', '.join(['%s'] * len(values))})" if values else f"EXECUTE {name}"
     try:
-        if values:
-            cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(values))})", values)
+        if type(cursor) is CursorWrapper and not connection.execute_wrappers:
+            # Straight to the driver's cursor, with what Django's wrapper adds
+            # that matters (a broken transaction refused, errors as Django's):
+            # 35 µs of CPU less per statement, 14 statements in a purchase. A
+            # debug cursor (DEBUG, captured queries, tests counting them) and
+            # execute wrappers still get every statement.
+            connection.validate_no_broken_transaction()
+            with connection.wrap_database_errors:
+                cursor.cursor.execute(statement, values or None)
         else:
-            cursor.execute(f"EXECUTE {name}")
+            cursor.execute(statement, values or None)
     except DatabaseError as exc:
         if getattr(exc.__cause__, "pgcode", None) in _STALE_SQLSTATES:
             state.names.clear()

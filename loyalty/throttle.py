@@ -2,28 +2,44 @@
 codes) and per user name and client address (staff sign-in to the admin and
 the clerk console).
 
-Counters live in the cache (Redis) for a window; past the limit the terminal
-gets 429, and the sign-in form refuses even the right password, until the
-window ends. If Redis is down both keep working unthrottled (logged), rather
-than refusing every customer at the till or locking every operator and clerk
-out: passwords are still checked, and each check costs a slow password hash.
+Counters live in the cache (Redis) for a window. Past the limit the sign-in
+form refuses even the right password until the window ends. A terminal past
+the limit is blocked for the window in its own row (``Terminal.<kind>_blocked_until``):
+authentication reads that row at every request anyway, so a till's lookups
+check the block without a cache round trip (Redis is only written, on a
+failure); every request of a blocked terminal gets 429, a right code too, and
+operators see and can lift the block in admin. The block is written after the
+failed request's transaction has rolled back (by the API's exception handler),
+at once when there is no transaction.
+
+If Redis is down both keep working unthrottled (logged), rather than refusing
+every customer at the till or locking every operator and clerk out: passwords
+are still checked, and each check costs a slow password hash; blocks already
+written stay.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import cache as django_cache
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
+from django.db import connection
+from django.utils import timezone
 
 from loyalty.errors import TooManyAttempts
+
+if TYPE_CHECKING:
+    from members.models import Terminal
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +69,78 @@ def _failures(key: str, kind: str) -> int | None:
         return None
 
 
-def _count(key: str, kind: str, window: int) -> None:
+def _count(key: str, kind: str, window: int) -> int | None:
+    """Count one failure under ``key``: the failures in the window so far, None when Redis is down."""
     try:
-        if not cache.add(key, 1, timeout=window):
-            cache.incr(key)
+        if cache.add(key, 1, timeout=window):
+            return 1
+        return cache.incr(key)
     except Exception as exc:  # Redis down: the failure is logged by the caller, not counted
         logger.warning("%s throttle unavailable (%s); failure not counted", kind, exc)
+        return None
 
 
-def failures_check(*, kind: str, terminal: object) -> None:
-    """Raise ``TooManyAttempts`` when ``terminal`` has failed too often at ``kind``."""
-    failures = _failures(_key(kind, terminal.pk), kind)  # type: ignore[attr-defined]
-    if failures is not None and failures >= settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
-        raise TooManyAttempts(retry_after=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)
+KINDS = ("identify", "coupon")
+_PENDING = "_loyalty_blocks_pending"
 
 
-def failure_record(*, kind: str, terminal: object, reason: str) -> None:
-    """Count one failed attempt, and log it with the terminal and store."""
+def _blocked_field(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown throttle kind {kind!r}")
+    return f"{kind}_blocked_until"
+
+
+def failures_check(*, kind: str, terminal: Terminal) -> None:
+    """Raise ``TooManyAttempts`` while ``terminal`` is blocked at ``kind`` (no query:
+    the block is a column of the terminal's row)."""
+    until = getattr(terminal, _blocked_field(kind))
+    if until is not None:
+        remaining = (until - timezone.now()).total_seconds()
+        if remaining > 0:
+            raise TooManyAttempts(retry_after=math.ceil(remaining))
+
+
+def failure_record(*, kind: str, terminal: Terminal, reason: str) -> None:
+    """Count one failed attempt, and log it with the terminal and store. At the
+    limit the terminal is blocked for the window: written at once outside a
+    transaction, else when ``blocks_save`` runs after the rollback."""
+    field = _blocked_field(kind)
     store = getattr(getattr(terminal, "store", None), "code", "-")
-    logger.warning("%s failed: reason=%s terminal=%s store=%s", kind, reason, terminal.pk, store)  # type: ignore[attr-defined]
-    _count(_key(kind, terminal.pk), kind, settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)  # type: ignore[attr-defined]
+    logger.warning("%s failed: reason=%s terminal=%s store=%s", kind, reason, terminal.pk, store)
+    window = settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS
+    failures = _count(_key(kind, terminal.pk), kind, window)
+    if failures is None or failures < settings.LOYALTY_IDENTIFY_FAILURES_LIMIT:
+        return
+    until = timezone.now() + timedelta(seconds=window)
+    setattr(terminal, field, until)
+    terminal.__dict__.setdefault(_PENDING, {})[field] = until
+    logger.warning("%s blocked until %s: terminal=%s store=%s", kind, until.isoformat(), terminal.pk, store)
+    if not connection.in_atomic_block:
+        blocks_save(terminal)
+
+
+def failures_clear(*, kind: str, terminal: Terminal) -> None:
+    """Forget ``terminal``'s failures at ``kind`` (a block lifted by an operator
+    starts the count again), logged."""
+    _blocked_field(kind)
+    logger.warning("%s block lifted: terminal=%s", kind, terminal.pk)
+    try:
+        cache.delete(_key(kind, terminal.pk))
+    except Exception as exc:  # Redis down: the count ends with its window
+        logger.warning("%s throttle unavailable (%s); failures not cleared", kind, exc)
+
+
+def blocks_save(terminal: object) -> None:
+    """Write the blocks ``failure_record`` set on ``terminal`` (after the failed
+    request's transaction rolled back: the API's exception handler calls it)."""
+    pending = getattr(terminal, "__dict__", {}).pop(_PENDING, None)
+    if pending:
+        type(terminal).objects.filter(pk=terminal.pk).update(**pending)  # type: ignore[attr-defined]
 
 
 @contextmanager
 def failures_counted(
-    *, kind: str, terminal: object, errors: type[Exception] | tuple[type[Exception], ...], reason: str
+    *, kind: str, terminal: Terminal, errors: type[Exception] | tuple[type[Exception], ...], reason: str
 ) -> Iterator[None]:
     """Refuse a throttled ``terminal`` first, then count ``errors`` raised in the block
     as failed attempts at ``kind`` (and let them go on)."""

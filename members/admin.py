@@ -38,6 +38,7 @@ from django.utils.translation import gettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.models import APIKey
 
+from loyalty import throttle
 from loyalty.errors import LoyaltyError
 from loyalty.roles import CLERK, STORE_MANAGER
 from members.errors import InvalidPhone
@@ -906,11 +907,14 @@ class TerminalAdmin(OperationsAdminMixin):
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
             return ["store", "name"]
-        return ["store", "name", "is_active", "created_at", "updated_at"]
+        return ["store", "name", "is_active", "identify_blocked_until", "coupon_blocked_until", "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        # An existing terminal changes only through revoke / rotate.
-        return self.get_fields(request, obj) if obj is not None else []
+        # An existing terminal changes only through revoke / rotate, and its
+        # blocks can be lifted (loyalty/throttle.py).
+        if obj is None:
+            return []
+        return [f for f in self.get_fields(request, obj) if f not in ("identify_blocked_until", "coupon_blocked_until")]
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list[type[admin.options.InlineModelAdmin]]:
         return [TerminalAPIKeyInline] if obj is not None else []
@@ -926,7 +930,15 @@ class TerminalAdmin(OperationsAdminMixin):
 
     def save_model(self, request: HttpRequest, obj: Terminal, form: Any, change: bool) -> None:
         if change:
-            # Every field of an existing terminal is read-only here; nothing to save.
+            # Only the blocks can be changed here (lifted, or set by hand).
+            blocks = [kind for kind in throttle.KINDS if f"{kind}_blocked_until" in form.changed_data]
+            if blocks:
+                Terminal.objects.filter(pk=obj.pk).update(
+                    **{f"{kind}_blocked_until": getattr(obj, f"{kind}_blocked_until") for kind in blocks}
+                )
+            for kind in blocks:
+                if getattr(obj, f"{kind}_blocked_until") is None:
+                    throttle.failures_clear(kind=kind, terminal=obj)
             return
         terminal, key = terminal_create(store=form.cleaned_data["store"], name=form.cleaned_data["name"])
         _adopt_saved(terminal, obj)
@@ -939,6 +951,10 @@ class TerminalAdmin(OperationsAdminMixin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # The key inline is read-only; keys are made by the service.
         return
+
+    def construct_change_message(self, request: HttpRequest, form: Any, formsets: Any, add: bool = False) -> Any:
+        # The key inline is never saved (above): the history names the terminal's own changes only.
+        return super().construct_change_message(request, form, [], add)
 
     def operation_headers(self, request: HttpRequest) -> list[Any]:
         return [_("terminal"), _("store"), _("active")]

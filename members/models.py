@@ -36,6 +36,20 @@ class Terminal(TimeStampedModel):
     store = models.ForeignKey(Store, on_delete=models.PROTECT, related_name="terminals", verbose_name=_("store"))
     name = models.CharField(_("name"), max_length=100)
     is_active = models.BooleanField(_("active"), default=True)
+    # Set when the till fails too often (loyalty/throttle.py). Read with the
+    # terminal at every request, so checking them costs the till nothing.
+    identify_blocked_until = models.DateTimeField(
+        _("member lookups blocked until"),
+        null=True,
+        blank=True,
+        help_text=_("Set after too many unknown or forged member codes, numbers or phones; clear it to lift the block."),
+    )
+    coupon_blocked_until = models.DateTimeField(
+        _("coupon codes blocked until"),
+        null=True,
+        blank=True,
+        help_text=_("Set after too many unknown coupon codes; clear it to lift the block."),
+    )
 
     # DRF treats the authenticated principal as request.user.
     is_authenticated = True

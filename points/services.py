@@ -107,22 +107,33 @@ def qualifying_spend(*, member_id: int, at: datetime) -> Decimal:
     return _qualification(member_id=member_id, at=at)[0]
 
 
-def _qualification(*, member_id: int, at: datetime) -> tuple[Decimal, int | None, int | None]:
+# Qualifying spend at a moment and the highest active tier it reaches; parameters:
+# member id, the start of the qualification period (excluded) and the moment.
+_QUALIFICATION_SQL = (
+    "SELECT s.spend, t.id, t.rank FROM ("
+    "  SELECT COALESCE(SUM(amount - refunded_amount), 0) AS spend FROM points_purchase"
+    "  WHERE member_id = %s AND paid_at > %s AND paid_at <= %s) s "
+    "LEFT JOIN LATERAL (SELECT id, rank FROM members_tier WHERE is_active AND threshold <= s.spend "
+    "  ORDER BY rank DESC LIMIT 1) t ON true"
+)
+
+Qualification = tuple[Decimal, int | None, int | None]
+
+
+def _qualification_params(member_id: int, at: datetime) -> list[Any]:
+    return [member_id, at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS), at]
+
+
+def _qualification_from(spend: Any, tier_id: int | None, rank: int | None) -> Qualification:
+    return Decimal(spend).quantize(CENT), tier_id, rank
+
+
+def _qualification(*, member_id: int, at: datetime) -> Qualification:
     """Qualifying spend at ``at`` and the highest active tier it reaches (id
     and rank; ``None`` below every threshold), as ``tier_for_spend`` picks it."""
-    since = at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS)
     with connection.cursor() as cursor:
-        execute(
-            cursor,
-            "SELECT s.spend, t.id, t.rank FROM ("
-            "  SELECT COALESCE(SUM(amount - refunded_amount), 0) AS spend FROM points_purchase"
-            "  WHERE member_id = %s AND paid_at > %s AND paid_at <= %s) s "
-            "LEFT JOIN LATERAL (SELECT id, rank FROM members_tier WHERE is_active AND threshold <= s.spend "
-            "  ORDER BY rank DESC LIMIT 1) t ON true",
-            [member_id, since, at],
-        )
-        spend, tier_id, rank = cursor.fetchone()
-    return Decimal(spend).quantize(CENT), tier_id, rank
+        execute(cursor, _QUALIFICATION_SQL, _qualification_params(member_id, at))
+        return _qualification_from(*cursor.fetchone())
 
 
 # -----------------------------------------------------------------------------
@@ -430,30 +441,29 @@ def _purchase_record(
     from campaigns.services.coupons import coupon_code_normalise
 
     coupon_codes = list(dict.fromkeys(filter(None, (coupon_code_normalise(code) for code in coupon_codes or []))))
-    if _receipt_exists(store, receipt_no):
-        raise DuplicateReceipt(receipt_no=receipt_no)
     member = identified.member if identified else None
+    # What the request itself gets wrong first; then the receipt is written,
+    # which answers a receipt or member code already used (a till's retry
+    # learns its purchase was recorded) before the member's state is checked;
+    # any later error rolls the insert back with everything else.
+    if (points_to_use or coupon_codes) and (member is None or not identified.by_code):
+        raise MemberCodeRequired()
+    max_points = points_max_for_bill(amount)
+    if member is not None and points_to_use > max_points:
+        raise PointsOverCap(max_points=max_points, detail={"max_points": max_points})
     if member is None:
-        if points_to_use or coupon_codes:
-            raise MemberCodeRequired()
         purchase = _purchase_insert(
             store=store, terminal=terminal, receipt_no=receipt_no, amount=amount, paid_at=paid_at, lines=lines
         )
         return PurchaseResult(purchase, balance=0, spendable=0, points_pending=0, tier=None, tier_changed=False)
 
-    if (points_to_use or coupon_codes) and not identified.by_code:
-        raise MemberCodeRequired()
-    _member_can_earn(member)
-    max_points = points_max_for_bill(amount)
-    if points_to_use > max_points:
-        raise PointsOverCap(max_points=max_points, detail={"max_points": max_points})
-
-    account = account_lock(member)
     tier = member.tier
     purchase = _purchase_insert(
         store=store, terminal=terminal, receipt_no=receipt_no, amount=amount, paid_at=paid_at, lines=lines,
         member=member, tier=tier, code_step=identified.code_step, offline=identified.offline,
     )
+    _member_can_earn(member)
+    account = account_lock(member)
     refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
     cash = Decimal("0.00")
     if points_to_use:
@@ -476,17 +486,10 @@ def _purchase_record(
         )
         pending = earned if lot is not None and lot.pending_until is not None else 0
         notify_points_earned(earn_entry, lot=lot, member=member)
-    with connection.cursor() as cursor:
-        execute(
-            cursor,
-            "UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
-            "multiplier = %s WHERE id = %s",
-            [earned, points_to_use, cash, multiplier, purchase.pk],
-        )
     purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
     purchase.multiplier = multiplier
-    _save(account)
-    new_tier = tier_upgrade_if_qualified(member=member, at=paid_at)
+    qualification = _purchase_finish(purchase, account, at=paid_at)
+    new_tier = tier_upgrade_if_qualified(member=member, at=paid_at, qualification=qualification)
     if campaigns_after_purchase(purchase=purchase, at=paid_at, running=running):
         account.refresh_from_db()  # a first-purchase bonus was credited
     return PurchaseResult(
@@ -533,6 +536,43 @@ def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
             }
         )
     return written
+
+
+# The purchase's points and the account's balances written, and the member's
+# qualifying spend read, in one statement (one round trip at the till). The
+# spend is read from the statement's snapshot, which has the purchase (inserted
+# before) and is not changed by these updates (they touch no amount).
+_PURCHASE_FINISH_SQL = "".join(
+    (
+        "WITH p AS (UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
+        "multiplier = %s WHERE id = %s RETURNING 1), "
+        "a AS (UPDATE points_pointsaccount SET balance = %s, pending = %s, debt = %s, updated_at = %s "
+        "WHERE member_id = %s RETURNING 1) "
+        "SELECT (SELECT COUNT(*) FROM p), (SELECT COUNT(*) FROM a), q.* FROM (",
+        _QUALIFICATION_SQL,
+        ") q",
+    )
+)
+
+
+def _purchase_finish(purchase: Purchase, account: PointsAccount, *, at: datetime) -> Qualification:
+    """Save the purchase's points and ``account`` (as ``_save``); return the
+    member's qualification at ``at`` (as ``_qualification``)."""
+    account.updated_at = timezone.now()
+    with connection.cursor() as cursor:
+        execute(
+            cursor,
+            _PURCHASE_FINISH_SQL,
+            [
+                purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points, purchase.multiplier,
+                purchase.pk, account.balance, account.pending, account.debt, account.updated_at, account.member_id,
+                *_qualification_params(account.member_id, at),
+            ],
+        )
+        purchases, accounts, *qualification = cursor.fetchone()
+    if purchases != 1 or accounts != 1:  # as save(update_fields=...) would
+        raise DatabaseError(f"purchase {purchase.pk} or the points account of member {account.member_id} not found")
+    return _qualification_from(*qualification)
 
 
 def _receipt_exists(store: Store, receipt_no: str) -> bool:
@@ -829,10 +869,13 @@ def adjustment_reject(*, adjustment: PointsAdjustment, by_user: AbstractBaseUser
 # -----------------------------------------------------------------------------
 # Tiers
 # -----------------------------------------------------------------------------
-def tier_upgrade_if_qualified(*, member: Member, at: datetime) -> Tier | None:
+def tier_upgrade_if_qualified(
+    *, member: Member, at: datetime, qualification: Qualification | None = None
+) -> Tier | None:
     """Upgrade at once when qualifying spend crosses a higher tier's threshold.
-    One query when nothing changes (the spend and the tier it reaches together)."""
-    spend, target_id, target_rank = _qualification(member_id=member.pk, at=at)
+    One query when nothing changes (the spend and the tier it reaches together);
+    none when the caller read ``qualification`` at ``at`` in its transaction."""
+    spend, target_id, target_rank = qualification or _qualification(member_id=member.pk, at=at)
     if target_id is None or target_id == member.tier_id or target_rank <= member.tier.rank:
         return None
     target = Tier.objects.get(pk=target_id)

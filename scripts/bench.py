@@ -602,6 +602,64 @@ def http_call(
     return response.status, data, seconds
 
 
+_POSTMASTER: list[int | None] = []
+
+
+def postmaster_pid() -> int | None:
+    """The bench database server's main process, when it runs on this machine:
+    the parent of this connection's backend (None for a server elsewhere)."""
+    if not _POSTMASTER:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        try:
+            stat = Path(f"/proc/{backend}/stat").read_text()
+            _POSTMASTER.append(int(stat[stat.rindex(")") + 2 :].split()[1]))
+        except OSError:
+            _POSTMASTER.append(None)
+    return _POSTMASTER[0]
+
+
+def cpu_seconds(server_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far by the processes a request goes through: the
+    application server (gunicorn's master and its workers), the bench's
+    PostgreSQL server (its backends, WAL writer, checkpointer…) and Redis. Read
+    from /proc, so each figure is the processes' own (Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = postmaster_pid()
+    groups = {"app": 0.0, "postgres": 0.0, "redis": 0.0}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, ppid = int(entry.name), int(fields[1])
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if server_pid is not None and server_pid in (pid, ppid):
+            groups["app"] += seconds
+        elif postmaster is not None and postmaster in (pid, ppid):
+            groups["postgres"] += seconds
+        elif comm.startswith("redis-server"):
+            groups["redis"] += seconds
+    return groups
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], wrk_seconds: float, requests: int) -> dict:
+    """Milliseconds of CPU per request in each group and in all (the load generator included)."""
+    if not requests:
+        return {}
+    per = {k: round((after[k] - before[k]) * 1000 / requests, 3) for k in before}
+    per["wrk"] = round(wrk_seconds * 1000 / requests, 3)
+    per["total"] = round(sum(per.values()), 3)
+    return per
+
+
 def wrk(
     server: Server,
     mode: str,
@@ -636,7 +694,11 @@ def wrk(
         run_id,
         extra,
     ]
+    server_pid = server.process.pid if server.process else None
+    cpu_before, children_before = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(args, cwd=BASE_DIR, capture_output=True, text=True, env=env, timeout=duration + 60)
+    cpu_after, children_after = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
     if line is None:
         raise RuntimeError(f"wrk {mode} failed: {result.stdout}\n{result.stderr}")
@@ -661,6 +723,9 @@ def wrk(
         "p90_ms": round(data["latency_us"]["p90"] / 1000, 2),
         "p99_ms": round(data["latency_us"]["p99"] / 1000, 2),
         "max_ms": round(data["latency_us"]["max"] / 1000, 2),
+        # Where the machine's time goes per request (ms of CPU): what the
+        # throughput ratios come down to on a machine whose cores are all busy.
+        "cpu_ms": cpu_per_request(cpu_before, cpu_after, wrk_cpu, data["requests"]),
     }
 
 
@@ -1156,6 +1221,43 @@ def table_print(figures: list[dict[str, Any]]) -> None:
     print()
 
 
+def cpu_figures(floor: dict | None, ident: dict | None, purchase: dict | None) -> list[dict[str, Any]]:
+    """Machine CPU per request at full load, by process, and what a throughput
+    ratio target leaves the application for a purchase: with every core busy,
+    requests/s is cores ÷ CPU per request, so ``0.40 × floor`` means a purchase
+    may cost at most 2.5 × the floor's CPU in all."""
+    figures = []
+    for name, run in (("floor", floor), ("identify", ident), ("purchase", purchase)):
+        cpu = (run or {}).get("cpu_ms") or {}
+        figures.append(
+            figure(
+                f"CPU per request: {name}",
+                cpu.get("total"),
+                "(reported)",
+                None,
+                "ms",
+                cpu
+                and f"app {cpu['app']:.2f}, PostgreSQL {cpu['postgres']:.2f}, Redis {cpu['redis']:.2f}, "
+                f"wrk {cpu['wrk']:.2f}",
+            )
+        )
+    f_cpu, p_cpu = (floor or {}).get("cpu_ms") or {}, (purchase or {}).get("cpu_ms") or {}
+    if f_cpu.get("total") and p_cpu.get("total"):
+        budget = f_cpu["total"] / 0.40 - (p_cpu["total"] - p_cpu["app"])
+        figures.append(
+            figure(
+                "purchase: app CPU that 0.40 × floor allows",
+                round(budget, 2),
+                "(reported)",
+                None,
+                "ms",
+                f"2.5 × floor's {f_cpu['total']:.2f} ms less the purchase's own PostgreSQL, Redis and wrk; "
+                f"measured {p_cpu['app']:.2f} ms (the floor's app: {f_cpu['app']:.2f} ms)",
+            )
+        )
+    return figures
+
+
 def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     g = r.get
     floor = (g("floor") or {}).get("rps")
@@ -1230,6 +1332,7 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     pq = (q.get("purchase") or {}).get("queries")
     figures.append(figure("purchase SQL queries", pq, "(reported)", None, "per request"))
+    figures += cpu_figures(g("floor"), ident, purchase)
 
     redeem, rc = g("redeem"), g("redeem_check")
     figures.append(

@@ -200,10 +200,10 @@ def test_the_till_works_with_redis_down_and_the_outbox_sends_once_after(
     )
     assert (sms.requests, erp.requests) == ([], [])
     # and each failure to reach Redis was logged, naming the sweep that takes over
-    throttle = _warnings(caplog, "loyalty.throttle")
-    assert any(m.startswith("identify throttle unavailable") and "not throttling" in m for m in throttle)
-    assert any(m.startswith("identify throttle unavailable") and "failure not counted" in m for m in throttle)
-    assert any("coupon throttle unavailable" in m for m in throttle)
+    # (only the failures need Redis: a terminal's block is read with its row, loyalty/throttle.py)
+    throttle = [m for m in _warnings(caplog, "loyalty.throttle") if "unavailable" in m]
+    assert len(throttle) == 3
+    assert all(m.startswith("identify throttle unavailable") and "failure not counted" in m for m in throttle)
     # (hand-offs are gathered and sent from a background thread: loyalty/handoff.py; sent now)
     handoff.flush_all()
     messages_queued = _warnings(caplog, "campaigns.services.notifications")
@@ -258,7 +258,7 @@ def test_the_till_works_with_redis_down_and_the_outbox_sends_once_after(
     assert again == [400, 400, 429]
 
 
-def test_a_hung_redis_delays_the_till_by_its_timeouts_only(hung_redis, terminal_client, member, caplog):
+def test_a_hung_redis_does_not_delay_the_till(hung_redis, terminal_client, member, caplog):
     # given a member with points, and a Redis that accepts connections but never answers
     points_give(member, 1000, at=timezone.now() - timedelta(days=1))
     code, _ = member_code_current(member=member)
@@ -272,12 +272,13 @@ def test_a_hung_redis_delays_the_till_by_its_timeouts_only(hung_redis, terminal_
             format="json",
         )
     elapsed = time.monotonic() - started
-    # then the purchase succeeds, later only by the cache's timeout (1 s, the throttle counter):
-    # the message is handed to the broker from a background thread (loyalty/handoff.py)
+    # then the purchase succeeds without waiting for Redis at all: the throttle's
+    # block is read with the terminal's row (loyalty/throttle.py), and the message is
+    # handed to the broker from a background thread (loyalty/handoff.py)
     assert response.status_code == 201, response.content
     assert response.json()["balance"] == 1000 - 100 + 99
-    assert elapsed < 4, elapsed
-    assert any("Timeout" in m for m in _warnings(caplog, "loyalty.throttle"))
+    assert elapsed < 1, elapsed  # the cache's timeout is 1 s, the broker's 2 s
+    assert _warnings(caplog, "loyalty.throttle") == []
     # and that thread gives up after the broker's timeouts (2 × 2 s), logged; the message waits in the outbox for the sweep
     wait_until(
         lambda: any("Timeout" in m for m in _warnings(caplog, "campaigns.services.notifications")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from campaigns.models import Coupon, CouponEvent, OutboxMessage, WebhookDelivery
 from campaigns.services.notifications import outbox_send
 from loyalty.models import IdempotencyKey
 from loyalty.roles import CLERK, OPERATOR
-from members.models import Member, MemberEvent, MemberToken, StaffProfile, Store, TerminalAPIKey, Tier
+from members.models import Member, MemberEvent, MemberToken, StaffProfile, Store, Terminal, TerminalAPIKey, Tier
 from members.selectors import member_code_current
 from members.services import (
     member_bind_wechat,
@@ -500,7 +501,11 @@ def test_forged_member_codes_in_purchases_are_throttled_like_identify(
     assert _written() == before
     lines = [record.getMessage() for record in caplog.records if record.name == "loyalty.throttle"]
     expected = f"identify failed: reason=forged terminal={terminal.pk} store=SH001"
-    assert lines == [expected] * settings.LOYALTY_IDENTIFY_FAILURES_LIMIT
+    assert lines[:-1] == [expected] * settings.LOYALTY_IDENTIFY_FAILURES_LIMIT
+    # and the block, with its end, once
+    assert re.fullmatch(rf"identify blocked until \S+: terminal={terminal.pk} store=SH001", lines[-1]), lines[-1]
+    blocked_until = Terminal.objects.get(pk=terminal.pk).identify_blocked_until
+    assert lines[-1].startswith(f"identify blocked until {blocked_until.isoformat()}")
 
 
 def test_coupon_codes_are_throttled_at_the_write_off(
@@ -524,7 +529,11 @@ def test_coupon_codes_are_throttled_at_the_write_off(
     # and every failure was logged with the terminal and its store
     lines = [record.getMessage() for record in caplog.records if record.name == "loyalty.throttle"]
     expected = f"coupon failed: reason=not_found terminal={terminal.pk} store=SH001"
-    assert lines == [expected] * settings.LOYALTY_IDENTIFY_FAILURES_LIMIT
+    assert lines[:-1] == [expected] * settings.LOYALTY_IDENTIFY_FAILURES_LIMIT
+    # and the block, with its end, once
+    assert re.fullmatch(rf"coupon blocked until \S+: terminal={terminal.pk} store=SH001", lines[-1]), lines[-1]
+    blocked_until = Terminal.objects.get(pk=terminal.pk).coupon_blocked_until
+    assert lines[-1].startswith(f"coupon blocked until {blocked_until.isoformat()}")
     # and another store's till is not affected
     assert _write_off(other_terminal_client, coupon.code).status_code == 200
 

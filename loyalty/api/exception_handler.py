@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from loyalty.errors import LoyaltyError, RequestTooLarge, ServiceUnavailable
+from loyalty.throttle import blocks_save
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     exc = _request_refusal(exc)
     if isinstance(exc, LoyaltyError):
         set_rollback()
+        # A terminal blocked by this failure: its transaction is rolled back now.
+        blocks_save(getattr(context.get("request"), "_user", None))
         if isinstance(exc, ServiceUnavailable):
             headers["Retry-After"] = "1"
         if exc.code == "too_many_attempts" and "retry_after" in exc.params:

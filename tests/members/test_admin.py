@@ -14,9 +14,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from loyalty import throttle
 from loyalty.models import Heartbeat
 from loyalty.roles import OPERATOR
+from members.errors import InvalidMemberCode
 from members.models import Member, MemberEvent, StaffProfile, Store, Terminal, TerminalAPIKey, Tier, TierChange
+from members.selectors import member_code_current, member_get_by_code
 from members.services import member_enrol, member_freeze, member_set_tier, terminal_revoke
 
 pytestmark = pytest.mark.django_db
@@ -529,6 +532,44 @@ def test_terminal_rotate_refuses_a_revoked_terminal(operator_client, terminal):
     assert response.status_code == 302
     assert _messages(response) == [f"{terminal}: The terminal is revoked; a new key would not work."]
     assert not TerminalAPIKey.objects.filter(terminal=terminal, revoked=False).exists()
+
+
+def test_an_operator_lifts_a_terminal_block_and_its_count_starts_again(operator_client, terminal, member, settings):
+    # given a terminal blocked after too many failed lookups
+    code, _ = member_code_current(member=member)
+    for _ in range(settings.LOYALTY_IDENTIFY_FAILURES_LIMIT):
+        with pytest.raises(InvalidMemberCode):
+            member_get_by_code(code=code[:-6] + str((int(code[-6:]) + 1) % 10**6).zfill(6), terminal=terminal)
+    throttle.blocks_save(terminal)
+    terminal.refresh_from_db()
+    assert terminal.identify_blocked_until is not None
+    url = _url("admin:members_terminal_change", terminal.pk)
+    page = operator_client.get(url)
+    assert page.status_code == 200
+    assert "identify_blocked_until" in page.content.decode()
+    # when the operator clears the block (the rest of the form is read-only)
+    form = page.context["adminform"].form
+    data = {"identify_blocked_until_0": "", "identify_blocked_until_1": "", "coupon_blocked_until_0": "",
+            "coupon_blocked_until_1": ""}
+    for formset in page.context["inline_admin_formsets"]:
+        management = formset.formset.management_form
+        data.update({management.add_prefix(name): value for name, value in management.initial.items()})
+        for inline_form in formset.formset.forms:
+            pk_field = inline_form._meta.model._meta.pk.name
+            data[inline_form.add_prefix(pk_field)] = inline_form.instance.pk
+            data[inline_form.add_prefix(formset.formset.fk.name)] = terminal.pk
+    assert "identify_blocked_until" in form.fields
+    response = operator_client.post(url, data)
+    # then the terminal identifies again, and one more failure does not block it at once
+    assert response.status_code == 302, response.content.decode()[:2000]
+    terminal.refresh_from_db()
+    assert terminal.identify_blocked_until is None
+    assert member_get_by_code(code=code, terminal=terminal).member == member
+    with pytest.raises(InvalidMemberCode):
+        member_get_by_code(code=code[:-6] + str((int(code[-6:]) + 1) % 10**6).zfill(6), terminal=terminal)
+    throttle.blocks_save(terminal)
+    terminal.refresh_from_db()
+    assert terminal.identify_blocked_until is None
 
 
 def test_terminal_api_keys_cannot_be_added_or_changed_in_admin(admin_client, terminal):

@@ -1,12 +1,15 @@
 from datetime import date, timedelta
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from loyalty.errors import TooManyAttempts
 from members import codes
+from members.errors import InvalidMemberCode
 from members.models import Member, MemberEvent, Terminal, TierChange
-from members.selectors import member_code_current
+from members.selectors import member_code_current, member_get_by_code
 from members.services import member_enrol, member_freeze, terminal_create, terminal_key_rotate, terminal_revoke
 
 pytestmark = pytest.mark.django_db
@@ -200,6 +203,58 @@ def test_identify_is_throttled_after_too_many_failures_even_for_a_valid_code(
     other = other_terminal_client.post(IDENTIFY, {"code": code}, format="json")
     assert other.status_code == 200
     assert other.json()["member_no"] == member.member_no
+
+
+def test_a_terminal_past_the_limit_is_blocked_in_its_row_for_the_window_without_reading_redis(
+    terminal_client, terminal, member, settings
+):
+    # given a terminal that reached the failure limit
+    code, _ = member_code_current(member=member)
+    started = timezone.now()
+    for _ in range(settings.LOYALTY_IDENTIFY_FAILURES_LIMIT):
+        terminal_client.post(IDENTIFY, {"code": _forged(code)}, format="json")
+    # then the block is in the terminal's row (written after the failed request rolled back)
+    window = timedelta(seconds=settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS)
+    blocked_until = Terminal.objects.get(pk=terminal.pk).identify_blocked_until
+    assert started + window <= blocked_until <= timezone.now() + window
+    # when the failure counters are gone from the cache (flushed, restarted)
+    cache.clear()
+    response = terminal_client.post(IDENTIFY, {"code": code}, format="json")
+    # then the terminal is still refused: the block is read with the terminal, not from the cache
+    assert response.status_code == 429
+    assert _error(response)["code"] == "too_many_attempts"
+    # and once the window has passed it works again
+    Terminal.objects.filter(pk=terminal.pk).update(identify_blocked_until=timezone.now() - timedelta(seconds=1))
+    assert terminal_client.post(IDENTIFY, {"code": code}, format="json").status_code == 200
+
+
+def test_retry_after_is_what_is_left_of_the_block(terminal_client, terminal, member):
+    # given a block with 90.2 s left
+    Terminal.objects.filter(pk=terminal.pk).update(
+        identify_blocked_until=timezone.now() + timedelta(seconds=90, milliseconds=200)
+    )
+    code, _ = member_code_current(member=member)
+    # when
+    response = terminal_client.post(IDENTIFY, {"code": code}, format="json")
+    # then
+    assert response.status_code == 429
+    assert response["Retry-After"] == "91"
+    assert _error(response)["code"] == "too_many_attempts"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failures_outside_a_transaction_block_the_terminal_at_once(store, member, settings):
+    # given a terminal looking members up outside any transaction (a script, a task)
+    terminal, _key = terminal_create(store=store, name="till-script")
+    code, _ = member_code_current(member=member)
+    # when it fails as often as allowed
+    for _ in range(settings.LOYALTY_IDENTIFY_FAILURES_LIMIT):
+        with pytest.raises(InvalidMemberCode):
+            member_get_by_code(code=_forged(code), terminal=terminal)
+    # then the block is written at once, and the next lookup is refused
+    assert Terminal.objects.get(pk=terminal.pk).identify_blocked_until > timezone.now()
+    with pytest.raises(TooManyAttempts):
+        member_get_by_code(code=code, terminal=Terminal.objects.get(pk=terminal.pk))
 
 
 def test_identify_below_the_failure_limit_still_works(terminal_client, member, settings):

@@ -235,6 +235,46 @@ def test_duplicate_receipt_at_the_same_store_is_refused(store, terminal, member)
     assert ledger_check().ok
 
 
+def test_a_recorded_receipt_sent_again_is_a_duplicate_even_after_the_member_was_frozen(
+    store, terminal, member, django_user_model
+):
+    # given a purchase recorded, then the member frozen
+    buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="50.00", at=T)
+    operator = django_user_model.objects.create_user(username="op")
+    member_freeze(member=member, by_user=operator, reason="fraud check")
+    member.refresh_from_db()
+    before = ledger_snapshot()
+    # when the till sends the same receipt again (a retry after a timeout)
+    with pytest.raises(DuplicateReceipt) as refused:
+        buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="50.00", at=T)
+    # then it learns the receipt is recorded, not the member's state
+    assert refused.value.code == "duplicate_receipt"
+    # and a new receipt is refused for the frozen member with nothing written, the receipt neither
+    with pytest.raises(MemberFrozen):
+        buy(store=store, terminal=terminal, member=member, receipt_no="R-2", amount="50.00", at=T)
+    assert ledger_snapshot() == before
+    assert list(Purchase.objects.values_list("receipt_no", flat=True)) == ["R-1"]
+
+
+def test_a_purchase_that_reaches_a_threshold_upgrades_from_the_spend_read_with_its_own_amount(store, terminal):
+    # given a silver member 1 yuan below gold's threshold within the qualification period
+    member = MemberFactory()
+    gold = Tier.objects.get(code="gold")
+    buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount=gold.threshold - 1, at=T)
+    member.refresh_from_db()
+    assert member.tier.code == "silver"
+    # when a purchase of 1 yuan more
+    result = buy(store=store, terminal=terminal, member=member, receipt_no="R-2", amount="1.00", at=T)
+    # then the spend read in the same statement as the points saved counts it: gold at once
+    assert (result.tier.code, result.tier_changed) == ("gold", True)
+    member.refresh_from_db()
+    assert member.tier == gold
+    change = TierChange.objects.get(member=member, to_tier=gold)
+    assert (change.reason, change.qualifying_spend) == ("upgrade", gold.threshold)
+    assert Purchase.objects.get(receipt_no="R-2").points_earned == 1
+    assert account_of(member)[0] == int(gold.threshold - 1) + 1
+
+
 def test_same_receipt_number_at_another_store_is_a_new_purchase(store, other_store, terminal, member):
     # given
     buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="50.00", at=T)
