@@ -641,6 +641,9 @@ def cpu_seconds(server_pid: int | None) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         pid, ppid = int(entry.name), int(fields[1])
         seconds = (int(fields[11]) + int(fields[12])) / tick
+        if pid in (server_pid, postmaster):
+            # with what its children that have exited used (a backend that ended, a worker restarted)
+            seconds += (int(fields[13]) + int(fields[14])) / tick
         if server_pid is not None and server_pid in (pid, ppid):
             groups["app"] += seconds
         elif postmaster is not None and postmaster in (pid, ppid):
