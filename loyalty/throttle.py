@@ -84,7 +84,8 @@ KINDS = ("identify", "coupon")
 _PENDING = "_loyalty_blocks_pending"
 
 
-def _blocked_field(kind: str) -> str:
+def blocked_field(kind: str) -> str:
+    """The terminal's column that holds its block at ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"unknown throttle kind {kind!r}")
     return f"{kind}_blocked_until"
@@ -93,7 +94,7 @@ def _blocked_field(kind: str) -> str:
 def failures_check(*, kind: str, terminal: Terminal) -> None:
     """Raise ``TooManyAttempts`` while ``terminal`` is blocked at ``kind`` (no query:
     the block is a column of the terminal's row)."""
-    until = getattr(terminal, _blocked_field(kind))
+    until = getattr(terminal, blocked_field(kind))
     if until is not None:
         remaining = (until - timezone.now()).total_seconds()
         if remaining > 0:
@@ -104,7 +105,7 @@ def failure_record(*, kind: str, terminal: Terminal, reason: str) -> None:
     """Count one failed attempt, and log it with the terminal and store. At the
     limit the terminal is blocked for the window: written at once outside a
     transaction, else when ``blocks_save`` runs after the rollback."""
-    field = _blocked_field(kind)
+    field = blocked_field(kind)
     store = getattr(getattr(terminal, "store", None), "code", "-")
     logger.warning("%s failed: reason=%s terminal=%s store=%s", kind, reason, terminal.pk, store)
     window = settings.LOYALTY_IDENTIFY_FAILURES_WINDOW_SECONDS
@@ -122,7 +123,7 @@ def failure_record(*, kind: str, terminal: Terminal, reason: str) -> None:
 def failures_clear(*, kind: str, terminal: Terminal) -> None:
     """Forget ``terminal``'s failures at ``kind`` (a block lifted by an operator
     starts the count again), logged."""
-    _blocked_field(kind)
+    blocked_field(kind)
     logger.warning("%s block lifted: terminal=%s", kind, terminal.pk)
     try:
         cache.delete(_key(kind, terminal.pk))

@@ -894,6 +894,9 @@ class TerminalAPIKeyInline(ReadOnlyInline):
     show_change_link = False
 
 
+_BLOCK_FIELDS = tuple(throttle.blocked_field(kind) for kind in throttle.KINDS)
+
+
 @admin.register(Terminal)
 class TerminalAdmin(OperationsAdminMixin):
     operations = TERMINAL_OPERATIONS
@@ -907,14 +910,14 @@ class TerminalAdmin(OperationsAdminMixin):
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
             return ["store", "name"]
-        return ["store", "name", "is_active", "identify_blocked_until", "coupon_blocked_until", "created_at", "updated_at"]
+        return ["store", "name", "is_active", *_BLOCK_FIELDS, "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # An existing terminal changes only through revoke / rotate, and its
         # blocks can be lifted (loyalty/throttle.py).
         if obj is None:
             return []
-        return [f for f in self.get_fields(request, obj) if f not in ("identify_blocked_until", "coupon_blocked_until")]
+        return [f for f in self.get_fields(request, obj) if f not in _BLOCK_FIELDS]
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list[type[admin.options.InlineModelAdmin]]:
         return [TerminalAPIKeyInline] if obj is not None else []
@@ -931,13 +934,13 @@ class TerminalAdmin(OperationsAdminMixin):
     def save_model(self, request: HttpRequest, obj: Terminal, form: Any, change: bool) -> None:
         if change:
             # Only the blocks can be changed here (lifted, or set by hand).
-            blocks = [kind for kind in throttle.KINDS if f"{kind}_blocked_until" in form.changed_data]
+            blocks = [kind for kind in throttle.KINDS if throttle.blocked_field(kind) in form.changed_data]
             if blocks:
                 Terminal.objects.filter(pk=obj.pk).update(
-                    **{f"{kind}_blocked_until": getattr(obj, f"{kind}_blocked_until") for kind in blocks}
+                    **{throttle.blocked_field(kind): getattr(obj, throttle.blocked_field(kind)) for kind in blocks}
                 )
             for kind in blocks:
-                if getattr(obj, f"{kind}_blocked_until") is None:
+                if getattr(obj, throttle.blocked_field(kind)) is None:
                     throttle.failures_clear(kind=kind, terminal=obj)
             return
         terminal, key = terminal_create(store=form.cleaned_data["store"], name=form.cleaned_data["name"])

@@ -545,10 +545,9 @@ def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
 _PURCHASE_FINISH_SQL = "".join(
     (
         "WITH p AS (UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
-        "multiplier = %s WHERE id = %s RETURNING 1), "
-        "a AS (UPDATE points_pointsaccount SET balance = %s, pending = %s, debt = %s, updated_at = %s "
-        "WHERE member_id = %s RETURNING 1) "
-        "SELECT (SELECT COUNT(*) FROM p), (SELECT COUNT(*) FROM a), q.* FROM (",
+        "multiplier = %s WHERE id = %s RETURNING 1), a AS (",
+        _ACCOUNT_SAVE_SQL,
+        " RETURNING 1) SELECT (SELECT COUNT(*) FROM p), (SELECT COUNT(*) FROM a), q.* FROM (",
         _QUALIFICATION_SQL,
         ") q",
     )
