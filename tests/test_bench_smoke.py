@@ -68,3 +68,36 @@ def test_report_lists_every_target_and_marks_what_was_not_measured(capsys):
     assert by_name["purchase with earn throughput"]["status"] == "not measured"
     assert by_name["check_ledger after load"]["status"] == "not measured"
     assert "coupon write-off race" in capsys.readouterr().out
+
+
+def test_cpu_figures_give_each_process_and_the_purchase_budget_of_the_ratio_target():
+    # given CPU per request by process at full load, as wrk() records it
+    bench = _bench()
+    floor = {"cpu_ms": {"app": 2.0, "postgres": 0.4, "redis": 0.0, "wrk": 0.1, "total": 2.5}}
+    purchase = {"cpu_ms": {"app": 7.5, "postgres": 3.0, "redis": 0.05, "wrk": 0.2, "total": 10.75}}
+    # when
+    figures = {f["figure"]: f for f in bench.cpu_figures(floor, None, purchase)}
+    # then each request's figure is its total, split by process, and a missing run is not measured
+    assert figures["CPU per request: floor"]["value"] == 2.5
+    assert figures["CPU per request: floor"]["detail"] == "app 2.00, PostgreSQL 0.40, Redis 0.00, wrk 0.10"
+    assert figures["CPU per request: identify"]["status"] == bench.NOT_MEASURED
+    # and the app CPU 0.40 × floor allows a purchase: 2.5 × 2.5 ms less its own 3.25 ms outside the app
+    budget = figures["purchase: app CPU that 0.40 × floor allows"]
+    assert budget["value"] == 3.0
+    assert "measured 7.50 ms" in budget["detail"]
+
+
+def test_cpu_figures_without_a_local_database_server_give_no_total_and_no_budget():
+    # given a PostgreSQL server on another machine: its CPU is not in /proc here
+    bench = _bench()
+    bench._POSTMASTER[:] = [None]
+    before = {"app": 1.0, "postgres": 0.0, "redis": 0.0}
+    after = {"app": 3.0, "postgres": 0.0, "redis": 0.0}
+    # when
+    per = bench.cpu_per_request(before, after, wrk_seconds=0.1, requests=1000)
+    figures = {f["figure"]: f for f in bench.cpu_figures({"cpu_ms": per}, None, {"cpu_ms": per})}
+    # then the app's share is there, PostgreSQL is said not measured, and nothing adds up to a false total
+    assert per == {"app": 2.0, "redis": 0.0, "wrk": 0.1}
+    assert figures["CPU per request: floor"]["status"] == bench.NOT_MEASURED
+    assert "PostgreSQL on another machine, not measured" in figures["CPU per request: floor"]["detail"]
+    assert "purchase: app CPU that 0.40 × floor allows" not in figures
