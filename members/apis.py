@@ -98,10 +98,14 @@ class TerminalMemberOutputSerializer(serializers.Serializer):
     identified_by = serializers.ChoiceField(choices=["code", "member_no", "phone"])
 
 
-def terminal_member_output(member: Member, terminal: Terminal, identified_by: str) -> dict[str, Any]:
+def terminal_member_output(
+    member: Member, terminal: Terminal, identified_by: str, summary: tuple[dict[str, Any], list] | None = None
+) -> dict[str, Any]:
+    """What the till shows of a member; ``summary``: the till summary if it was
+    read with the member (identify), else it is read here."""
     from points.selectors import till_summary_get
 
-    points, coupons = till_summary_get(member=member, store=terminal.store)
+    points, coupons = summary if summary is not None else till_summary_get(member=member, store=terminal.store)
     return {
         "member_no": member.member_no,
         "name": member.masked_name,
@@ -131,8 +135,13 @@ class MemberIdentifyApi(APIView):
         responses={200: TerminalMemberOutputSerializer, **errors(400, 401, 404, 410, 429)},
     )
     def post(self, request: Request) -> Response:
+        from points.selectors import TillSummaryQuery
+
         data = _valid(self.InputSerializer, request)
-        identified = selectors.member_resolve(value=data["code"], terminal=request.user)
+        terminal: Terminal = request.user
+        # The till summary comes back in the member's own statement: one round trip.
+        summary = TillSummaryQuery(store_id=terminal.store_id, now=timezone.now())
+        identified = selectors.member_resolve(value=data["code"], terminal=terminal, along_with=summary)
         member = identified.member
         if identified.by_code:
             by = "code"
@@ -140,7 +149,8 @@ class MemberIdentifyApi(APIView):
             by = "member_no"
         else:
             by = "phone"
-        return Response(represent(TerminalMemberOutputSerializer, terminal_member_output(member, request.user, by)))
+        output = terminal_member_output(member, terminal, by, summary=identified.along)
+        return Response(represent(TerminalMemberOutputSerializer, output))
 
 
 class MemberEnrolApi(APIView):

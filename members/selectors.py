@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, Protocol
 
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from loyalty.sql import select_one
+from loyalty.sql import select_one, select_one_with
 from loyalty.throttle import failure_record, failures_check
 from members import codes
 from members.errors import InvalidMemberCode, InvalidPhone, MemberCodeExpired, MemberNotFound
@@ -19,11 +20,24 @@ from members.models import Member, Terminal, Tier
 logger = logging.getLogger(__name__)
 
 
+class AlongWith(Protocol):
+    """What to read in the same statement as the member (``loyalty.sql.select_one_with``):
+    SQL columns keyed on ``t0.id``, their parameters, and how to read their values."""
+
+    columns: str
+
+    @property
+    def params(self) -> list[Any]: ...
+
+    def read(self, values: tuple[Any, ...]) -> Any: ...
+
+
 @dataclass(frozen=True)
 class IdentifiedMember:
     member: Member
     code_step: int | None  # None when identified by member number or phone
     offline: bool = False
+    along: Any = None  # what ``along_with`` read with the member, when asked
 
     @property
     def by_code(self) -> bool:
@@ -38,18 +52,34 @@ def _failure_record(terminal: Terminal, reason: str) -> None:
     failure_record(kind="identify", terminal=terminal, reason=reason)
 
 
+def _member_with(along_with: AlongWith | None, **filters: Any) -> tuple[Member | None, Any]:
+    """A member with its tier, and what ``along_with`` asks for, in one statement."""
+    if along_with is None:
+        return select_one(Member, related=("tier",), **filters), None
+    member, values = select_one_with(
+        Member, extra=along_with.columns, extra_params=along_with.params, related=("tier",), **filters
+    )
+    return member, along_with.read(values) if member is not None else None
+
+
 def member_get_by_code(
-    *, code: str, terminal: Terminal | None = None, paid_at: datetime | None = None, now: datetime | None = None
+    *,
+    code: str,
+    terminal: Terminal | None = None,
+    paid_at: datetime | None = None,
+    now: datetime | None = None,
+    along_with: AlongWith | None = None,
 ) -> IdentifiedMember:
-    """Resolve a scanned member code (one query). Raises ``InvalidMemberCode``
-    (forged, unknown or garbled), ``MemberCodeExpired`` (a real but old code) and,
-    after too many failures from one terminal, ``TooManyAttempts``."""
+    """Resolve a scanned member code (one query, with ``along_with``'s columns
+    if given). Raises ``InvalidMemberCode`` (forged, unknown or garbled),
+    ``MemberCodeExpired`` (a real but old code) and, after too many failures
+    from one terminal, ``TooManyAttempts``."""
     if terminal is not None:
         _failures_check(terminal)
     parts = codes.parse(code)
-    member = None
+    member = along = None
     if parts is not None:
-        member = select_one(Member, related=("tier",), member_no=parts.member_no)
+        member, along = _member_with(along_with, member_no=parts.member_no)
     if parts is None or member is None or member.status == Member.Status.CLOSED:
         if terminal is not None:
             _failure_record(terminal, "unknown")
@@ -61,48 +91,58 @@ def member_get_by_code(
         if terminal is not None:
             _failure_record(terminal, "forged")
         raise InvalidMemberCode()
-    return IdentifiedMember(member=member, code_step=result.step, offline=result.offline)
+    return IdentifiedMember(member=member, code_step=result.step, offline=result.offline, along=along)
 
 
 def member_get_by_identifier(*, identifier: str) -> Member:
     """A member by member number or phone (what a clerk may type). Raises ``MemberNotFound``."""
+    return _member_by_identifier(identifier, None)[0]
+
+
+def _member_by_identifier(identifier: str, along_with: AlongWith | None) -> tuple[Member, Any]:
     from members.services import phone_normalise
 
     identifier = (identifier or "").strip()
-    member = None
+    member = along = None
     if identifier.isascii() and identifier.isdigit() and len(identifier) == codes.MEMBER_NO_LENGTH:
-        member = select_one(Member, related=("tier",), member_no=identifier)
+        member, along = _member_with(along_with, member_no=identifier)
     if member is None:
         try:
             phone = phone_normalise(identifier)
         except InvalidPhone:
             phone = None
         if phone:
-            member = select_one(Member, related=("tier",), phone=phone)
+            member, along = _member_with(along_with, phone=phone)
     if member is None or member.status == Member.Status.CLOSED:
         raise MemberNotFound()
-    return member
+    return member, along
 
 
 def member_resolve(
-    *, value: str, terminal: Terminal | None = None, paid_at: datetime | None = None
+    *,
+    value: str,
+    terminal: Terminal | None = None,
+    paid_at: datetime | None = None,
+    along_with: AlongWith | None = None,
 ) -> IdentifiedMember:
-    """A scanned code (18 digits) or a typed member number / phone.
+    """A scanned code (18 digits) or a typed member number / phone; with
+    ``along_with``, what it asks for is read in the member's statement
+    (``IdentifiedMember.along``).
 
     Typed values count towards the terminal's failure limit like codes do:
     otherwise a terminal could enumerate phone numbers unthrottled."""
     value = (value or "").strip()
     if len(value) == codes.CODE_LENGTH and value.isascii() and value.isdigit():
-        return member_get_by_code(code=value, terminal=terminal, paid_at=paid_at)
+        return member_get_by_code(code=value, terminal=terminal, paid_at=paid_at, along_with=along_with)
     if terminal is not None:
         _failures_check(terminal)
     try:
-        member = member_get_by_identifier(identifier=value)
+        member, along = _member_by_identifier(value, along_with)
     except MemberNotFound:
         if terminal is not None:
             _failure_record(terminal, "not_found")
         raise
-    return IdentifiedMember(member=member, code_step=None)
+    return IdentifiedMember(member=member, code_step=None, along=along)
 
 
 def member_list() -> QuerySet[Member]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,73 +19,97 @@ from points.models import PointsEntry, PointsLot
 
 EXPIRING_WINDOW_DAYS = 30
 
-_SUMMARY_SQL = """
-SELECT COALESCE(a.balance, 0), COALESCE(a.pending, 0), COALESCE(a.debt, 0),
-       (SELECT COALESCE(SUM(remaining), 0) FROM points_pointslot
-        WHERE member_id = %(member)s AND remaining > 0 AND expires_at <= %(now)s AND pending_until IS NULL),
-       COALESCE((
-         SELECT json_agg(json_build_object('expires_at', x.expires_at, 'points', x.points) ORDER BY x.expires_at)
-         FROM (SELECT expires_at, SUM(remaining) AS points FROM points_pointslot
-               WHERE member_id = %(member)s AND remaining > 0 AND expires_at > %(now)s AND expires_at <= %(until)s
-               GROUP BY expires_at) x
-       ), '[]'::json)
-       %(coupons)s
-FROM (SELECT %(member)s::bigint AS member_id) m
-LEFT JOIN points_pointsaccount a ON a.member_id = m.member_id
+# The summary as columns keyed on ``t0.id`` (the member's id): appended to the
+# member's own row where the member is looked up (identify: one round trip,
+# ``loyalty.sql.select_one_with``), or read alone from a one-row ``t0``.
+_SUMMARY_COLUMNS = """
+(SELECT ARRAY[a.balance, a.pending, a.debt] FROM points_pointsaccount a WHERE a.member_id = t0.id),
+(SELECT COALESCE(SUM(remaining), 0) FROM points_pointslot
+ WHERE member_id = t0.id AND remaining > 0 AND expires_at <= %s AND pending_until IS NULL),
+COALESCE((
+  SELECT json_agg(json_build_object('expires_at', x.expires_at, 'points', x.points) ORDER BY x.expires_at)
+  FROM (SELECT expires_at, SUM(remaining) AS points FROM points_pointslot
+        WHERE member_id = t0.id AND remaining > 0 AND expires_at > %s AND expires_at <= %s
+        GROUP BY expires_at) x
+), '[]'::json)
 """
 
-# Usable coupons of the member at a store, for the till summary (same query).
-_COUPONS_SQL = """, COALESCE((
+# Usable coupons of the member at a store, for the till summary (same statement).
+_COUPONS_COLUMN = """, COALESCE((
     SELECT json_agg(json_build_object(
                'code', x.code, 'name', x.name, 'kind', x.kind, 'value', x.value::text,
                'min_spend', x.min_spend::text, 'cash_price', x.cash_price::text, 'valid_until', x.valid_until)
            ORDER BY x.valid_until, x.id)
     FROM (SELECT c.id, c.code, b.name, b.kind, b.value, b.min_spend, b.cash_price, c.valid_until
           FROM campaigns_coupon c JOIN campaigns_benefit b ON b.id = c.benefit_id
-          WHERE c.member_id = %(member)s AND c.status = 'issued'
-            AND c.valid_from <= %(now)s AND c.valid_until > %(now)s
+          WHERE c.member_id = t0.id AND c.status = 'issued'
+            AND c.valid_from <= %s AND c.valid_until > %s
             AND (NOT EXISTS (SELECT 1 FROM campaigns_benefit_stores s WHERE s.benefit_id = b.id)
                  OR EXISTS (SELECT 1 FROM campaigns_benefit_stores s
-                            WHERE s.benefit_id = b.id AND s.store_id = %(store)s))
+                            WHERE s.benefit_id = b.id AND s.store_id = %s::bigint))
           ORDER BY c.valid_until, c.id LIMIT 50) x
   ), '[]'::json)
 """
+
+_SUMMARY_ONLY = _SUMMARY_COLUMNS + " FROM (SELECT %s::bigint AS id) t0"
+_TILL_COLUMNS = _SUMMARY_COLUMNS + _COUPONS_COLUMN
+_TILL_ONLY = _TILL_COLUMNS + " FROM (SELECT %s::bigint AS id) t0"
+
+
+@dataclass(frozen=True)
+class TillSummaryQuery:
+    """The till summary as extra columns of the member lookup
+    (``select_one_with(Member, extra=q.columns, extra_params=q.params, ...)``);
+    ``q.read(values)`` turns the values that came back into the summary."""
+
+    store_id: int
+    now: datetime
+
+    columns = _TILL_COLUMNS
+
+    @property
+    def params(self) -> list[Any]:
+        return [*_summary_params(self.now), self.now, self.now, self.store_id]
+
+    def read(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], list]:
+        return _summary_read(values, coupons=True)
+
+
+def _summary_params(now: datetime) -> list[Any]:
+    return [now, now, now + timedelta(days=EXPIRING_WINDOW_DAYS)]
 
 
 def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[str, Any]:
     """Balance, pending, spendable cash value and points expiring within 30 days
     (each last valid day with its amount), in one query."""
-    return _summary(member=member, now=now, store=None)[0]
+    now = now or timezone.now()
+    with connection.cursor() as cursor:
+        execute(cursor, "SELECT " + _SUMMARY_ONLY, [*_summary_params(now), member.pk])
+        return _summary_read(cursor.fetchone(), coupons=False)[0]
 
 
 def till_summary_get(*, member: Member, store: Store, now: datetime | None = None) -> tuple[dict[str, Any], list]:
-    """The points summary and the coupons usable at ``store``, in one query (the till is waiting)."""
-    return _summary(member=member, now=now, store=store)
+    """The points summary and the coupons usable at ``store``, in one query (the till is waiting).
+    Identify reads the same columns with the member itself (``TillSummaryQuery``)."""
+    query = TillSummaryQuery(store_id=store.pk, now=now or timezone.now())
+    with connection.cursor() as cursor:
+        execute(cursor, "SELECT " + _TILL_ONLY, [*query.params, member.pk])
+        return query.read(cursor.fetchone())
 
 
-def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tuple[dict[str, Any], list]:
+def _summary_read(row: tuple[Any, ...], *, coupons: bool) -> tuple[dict[str, Any], list]:
     from points.services import points_cash_value
 
-    now = now or timezone.now()
-    sql = _SUMMARY_SQL.replace("%(coupons)s", _COUPONS_SQL if store is not None else "")
-    params = {
-        "member": member.pk,
-        "now": now,
-        "until": now + timedelta(days=EXPIRING_WINDOW_DAYS),
-        "store": store.pk if store is not None else None,
-    }
-    with connection.cursor() as cursor:
-        execute(cursor, sql, params)
-        row = cursor.fetchone()
-    balance, pending, debt, lapsed, expiring_raw = row[:5]
-    coupons_raw = row[5] if store is not None else []
+    account, lapsed, expiring_raw = row[:3]
+    balance, pending, debt = account if account is not None else (0, 0, 0)
+    coupons_raw = row[3] if coupons else []
     expiring_rows = json.loads(expiring_raw) if isinstance(expiring_raw, str) else expiring_raw
     by_day: dict[Any, int] = {}
-    for row in expiring_rows:
-        expires_at = datetime.fromisoformat(row["expires_at"])
+    for item in expiring_rows:
+        expires_at = datetime.fromisoformat(item["expires_at"])
         # Lots expire at local midnight: the last valid day is the day before.
         last_day = (timezone.localtime(expires_at) - timedelta(microseconds=1)).date()
-        by_day[last_day] = by_day.get(last_day, 0) + int(row["points"])
+        by_day[last_day] = by_day.get(last_day, 0) + int(item["points"])
     # Points past their expiry but not yet taken by the nightly job cannot be spent.
     spendable = max(balance - pending - lapsed, 0) if debt == 0 else 0
     summary = {
@@ -95,13 +120,13 @@ def _summary(*, member: Member, now: datetime | None, store: Store | None) -> tu
         "expiring_30d": sum(by_day.values()),
         "expiring": [{"expires_on": day, "points": points} for day, points in sorted(by_day.items())],
     }
-    coupons = json.loads(coupons_raw) if isinstance(coupons_raw, str) else coupons_raw
-    for coupon in coupons:
+    coupon_rows = json.loads(coupons_raw) if isinstance(coupons_raw, str) else coupons_raw
+    for coupon in coupon_rows:
         coupon["value"] = Decimal(coupon["value"])
         coupon["min_spend"] = Decimal(coupon["min_spend"])
         coupon["cash_price"] = Decimal(coupon["cash_price"])
         coupon["valid_until"] = datetime.fromisoformat(coupon["valid_until"])
-    return summary, coupons
+    return summary, coupon_rows
 
 
 def qualifying_spend_get(*, member: Member) -> Decimal:

@@ -12,7 +12,7 @@ from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 
 from campaigns.models import Coupon, CouponEvent
-from loyalty.sql import _prepared_text, execute, insert, select_one
+from loyalty.sql import _prepared_text, execute, insert, select_one, select_one_with
 from members.models import Member, MemberToken, Terminal, TerminalAPIKey, Tier
 from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
 
@@ -72,6 +72,20 @@ def test_select_one_is_null_filter_and_a_missing_nullable_relation(member: Membe
 def test_select_one_finds_nothing_for_an_id_out_of_the_columns_range(member: Member) -> None:
     assert select_one(Member, pk=2**70) is None
     assert select_one(Member, tier=-(2**40)) is None
+
+
+def test_select_one_with_reads_extra_columns_of_the_row_in_the_same_statement(member: Member) -> None:
+    PointsAccount.objects.update_or_create(member=member, defaults={"balance": 42})
+    extra = "(SELECT balance FROM points_pointsaccount WHERE member_id = t0.id), %s::int * 2, t0.member_no"
+    with CaptureQueriesContext(connection) as captured:
+        found, values = select_one_with(Member, extra=extra, extra_params=[21], related=("tier",), phone=member.phone)
+        assert found is not None
+        assert found.tier.pk == member.tier_id  # cached with the rest
+    assert len(captured) == 1
+    assert _fields(found) == _fields(Member.objects.get(pk=member.pk))
+    assert values == (42, 42, member.member_no)
+    assert select_one_with(Member, extra=extra, extra_params=[1], phone="+8600000000000") == (None, ())
+    assert select_one_with(Member, extra=extra, extra_params=[1], pk=2**70) == (None, ())
 
 
 def test_select_one_refuses_reverse_relations() -> None:
@@ -218,7 +232,8 @@ def test_the_hot_paths_run_prepared(terminal_client: Any, member: Member, settin
     with CaptureQueriesContext(connection) as captured:
         response = terminal_client.post("/api/v1/terminal/identify", {"code": code}, format="json")
     assert response.status_code == 200
-    assert [q["sql"][:8] for q in captured.captured_queries] == ["EXECUTE "] * 3  # key, member, summary
+    # The key, then the member with the till summary in one statement.
+    assert [q["sql"][:8] for q in captured.captured_queries] == ["EXECUTE "] * 2
 
 
 @pytest.mark.django_db(transaction=True)  # the API's durable transaction is a real one
