@@ -333,6 +333,56 @@ def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str =
     return instance
 
 
+@lru_cache(maxsize=32)
+def _insert_pair_plan(model: type[Model], child: type[Model], link: str) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
+    fields = tuple(f for f in model._meta.local_concrete_fields if not f.generated and f is not model._meta.auto_field)
+    link_field = child._meta.get_field(link)
+    if not link_field.many_to_one or link_field.related_model is not model:
+        raise ValueError(f"{child.__name__}.{link} is not a foreign key to {model.__name__}")
+    child_fields = tuple(
+        f for f in child._meta.local_concrete_fields
+        if not f.generated and f is not child._meta.auto_field and f is not link_field
+    )
+    n = len(fields)
+    # Identifiers from the models' metadata, quoted; values are parameters.
+    sql = (
+        f"WITH p AS (INSERT INTO {_quote(model._meta.db_table)} ({', '.join(_quote(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * n)}) RETURNING {_quote(model._meta.pk.column)} AS id) "
+        f"INSERT INTO {_quote(child._meta.db_table)} "
+        f"({', '.join(_quote(f.column) for f in child_fields)}, {_quote(link_field.column)}) "
+        f"SELECT {', '.join(['%s'] * len(child_fields))}, p.id FROM p "
+        f"RETURNING {_quote(child._meta.pk.column)}, {_quote(link_field.column)}"
+    )
+    return sql, fields, child_fields
+
+
+def insert_pair(
+    model: type[M], values: dict[str, Any], child: type[Model], link: str, child_values: dict[str, Any],
+    *, using: str = "default",
+) -> tuple[M, Model]:
+    """INSERT a row of ``model`` and a row of ``child`` that points to it by the
+    foreign key ``link``, in one statement (as two ``insert`` calls, one round
+    trip fewer): a ledger entry and the lot it opens. Both models need an auto
+    primary key. Returns both instances, the child's ``link`` set to the parent."""
+    if model._meta.auto_field is None or child._meta.auto_field is None:
+        raise ValueError("insert_pair needs auto primary keys")
+    sql, fields, child_fields = _insert_pair_plan(model, child, link)
+    connection = connections[using]
+    instance = model(**values)
+    child_instance = child(**child_values)
+    params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    params += [field.get_db_prep_save(field.pre_save(child_instance, True), connection) for field in child_fields]
+    with connection.cursor() as cursor:
+        execute(cursor, sql, params)
+        child_pk, pk = cursor.fetchone()
+    for obj, key in ((instance, pk), (child_instance, child_pk)):
+        obj.pk = key
+        obj._state.adding = False
+        obj._state.db = using
+    setattr(child_instance, link, instance)
+    return instance, child_instance
+
+
 def in_durable_transaction(using: str = "default") -> bool:
     """Inside ``transaction.atomic(durable=True)``: the request's own transaction,
     which an error rolls back whole (the services that make no savepoint need it)."""

@@ -31,7 +31,7 @@ from campaigns.services.campaigns import (
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
 from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
-from loyalty.sql import execute, in_durable_transaction, insert
+from loyalty.sql import execute, in_durable_transaction, insert, insert_pair
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember
@@ -167,13 +167,17 @@ class Refs:
 
 def _entry(account: PointsAccount, *, kind: str, points: int, at: datetime, refs: Refs) -> PointsEntry:
     account.balance += points
-    entry = insert(
-        PointsEntry,
-        member_id=account.member_id, kind=kind, points=points, balance_after=account.balance, created_at=at,
-        **refs.fields(),
-    )
+    entry = insert(PointsEntry, **_entry_values(account, kind=kind, points=points, at=at, refs=refs))
     webhook_points_changed(entry)  # delivered after commit, with a stable event id
     return entry
+
+
+def _entry_values(account: PointsAccount, *, kind: str, points: int, at: datetime, refs: Refs) -> dict[str, Any]:
+    """The entry's fields, ``account.balance`` already changed by ``points``."""
+    return {
+        "member_id": account.member_id, "kind": kind, "points": points, "balance_after": account.balance,
+        "created_at": at, **refs.fields(),
+    }
 
 
 def _credit(
@@ -186,29 +190,38 @@ def _credit(
     expires_at: datetime | None = None,
     pending_until: datetime | None = None,
 ) -> tuple[PointsEntry, PointsLot | None]:
-    """Add points: pay clawback debt first, open a lot with the rest."""
+    """Add points: pay clawback debt first, open a lot with the rest (the entry
+    and its lot in one statement)."""
     if points <= 0:
         raise InvalidPoints()
-    entry = _entry(account, kind=kind, points=points, at=at, refs=refs)
+    account.balance += points
+    values = _entry_values(account, kind=kind, points=points, at=at, refs=refs)
     paid_down = min(account.debt, points)
     account.debt -= paid_down
     rest = points - paid_down
     lot = None
     if rest > 0:
-        lot = insert(
+        entry, lot = insert_pair(
+            PointsEntry,
+            values,
             PointsLot,
-            member_id=account.member_id,
-            entry=entry,
-            original=rest,
-            remaining=rest,
-            earned_at=at,
-            expires_at=expires_at or expiry_for(at),
-            # Pending relative to the credit's own time, so back-dated and
-            # replayed credits behave as they did at that moment.
-            pending_until=pending_until if pending_until and pending_until > at else None,
+            "entry",
+            {
+                "member_id": account.member_id,
+                "original": rest,
+                "remaining": rest,
+                "earned_at": at,
+                "expires_at": expires_at or expiry_for(at),
+                # Pending relative to the credit's own time, so back-dated and
+                # replayed credits behave as they did at that moment.
+                "pending_until": pending_until if pending_until and pending_until > at else None,
+            },
         )
         if lot.pending_until is not None:
             account.pending += rest
+    else:
+        entry = insert(PointsEntry, **values)
+    webhook_points_changed(entry)  # delivered after commit, with a stable event id
     return entry, lot
 
 

@@ -12,7 +12,7 @@ from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 
 from campaigns.models import Coupon, CouponEvent
-from loyalty.sql import _prepared_text, execute, insert, select_one, select_one_with
+from loyalty.sql import _prepared_text, execute, insert, insert_pair, select_one, select_one_with
 from members.models import Member, MemberToken, Terminal, TerminalAPIKey, Tier
 from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
 
@@ -140,6 +140,29 @@ def test_insert_equals_create_with_defaults_and_auto_now(member: Member, store: 
     assert stored.points_earned == 0
     assert stored.created_at is not None  # auto_now_add, set by the field
     assert purchase._state.adding is False
+
+
+def test_insert_pair_writes_a_row_and_its_child_in_one_statement(member: Member) -> None:
+    at = member.created_at
+    with CaptureQueriesContext(connection) as captured:
+        entry, lot = insert_pair(
+            PointsEntry,
+            {"member_id": member.pk, "kind": "earn", "points": 30, "balance_after": 30, "source": "purchase",
+             "created_at": at},
+            PointsLot,
+            "entry",
+            {"member_id": member.pk, "original": 30, "remaining": 30, "earned_at": at, "expires_at": at},
+        )
+    assert len(captured) == 1
+    stored_entry = PointsEntry.objects.get(pk=entry.pk)
+    stored_lot = PointsLot.objects.get(pk=lot.pk)
+    assert stored_lot.entry_id == entry.pk == lot.entry_id
+    assert lot.entry is entry  # cached, as create(entry=entry) leaves it
+    assert (stored_entry.points, stored_entry.balance_after, stored_entry.reason) == (30, 30, "")  # field default
+    assert (stored_lot.original, stored_lot.remaining, stored_lot.pending_until) == (30, 30, None)
+    assert entry._state.adding is lot._state.adding is False
+    with pytest.raises(ValueError, match="not a foreign key to PointsEntry"):
+        insert_pair(PointsEntry, {}, PointsLot, "member", {})
 
 
 def test_insert_on_conflict_returns_none_and_writes_nothing(member: Member, store: Any) -> None:
