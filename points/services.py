@@ -28,9 +28,16 @@ from campaigns.services.campaigns import (
     campaigns_after_purchase,
     campaigns_for_purchase,
     purchase_boost,
+    purchase_campaigns_column,
 )
 from campaigns.services.notifications import notify_points_earned, notify_tier_changed
-from campaigns.services.webhooks import webhook_points_changed, webhook_tier_changed
+from campaigns.services.webhooks import (
+    POINTS_CHANGED,
+    subscribed_column,
+    subscriptions_known,
+    webhook_points_changed,
+    webhook_tier_changed,
+)
 from loyalty.sql import execute, in_durable_transaction, insert, insert_pair
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
@@ -50,7 +57,7 @@ from points.errors import (
     RefundExceedsPurchase,
     SelfApprovalForbidden,
 )
-from points.locks import account_lock, purchase_qs_for_update
+from points.locks import account_lock, account_lock_with, purchase_qs_for_update
 from points.models import (
     CheckIn,
     PointsAccount,
@@ -476,7 +483,36 @@ def _purchase_record(
         member=member, tier=tier, code_step=identified.code_step, offline=identified.offline,
     )
     _member_can_earn(member)
-    account = account_lock(member)
+    # The lock also reads what the rest asks of the programme's set-up (any
+    # campaign running, the webhooks of ledger changes): one round trip for three.
+    campaigns_sql, campaigns_params = purchase_campaigns_column(paid_at)
+    webhooks_sql, webhooks_params = subscribed_column(POINTS_CHANGED)
+    account, (any_running, subscribed) = account_lock_with(
+        member, f"{campaigns_sql}, {webhooks_sql}", [*campaigns_params, *webhooks_params]
+    )
+    with subscriptions_known({POINTS_CHANGED: subscribed}):
+        return _purchase_earn(
+            purchase, account, member=member, tier=tier, store=store, terminal=terminal, paid_at=paid_at, now=now,
+            amount=amount, points_to_use=points_to_use, coupon_codes=coupon_codes, any_running=any_running,
+        )
+
+
+def _purchase_earn(
+    purchase: Purchase,
+    account: PointsAccount,
+    *,
+    member: Member,
+    tier: Tier,
+    store: Store,
+    terminal: Terminal | None,
+    paid_at: datetime,
+    now: datetime,
+    amount: Decimal,
+    points_to_use: int,
+    coupon_codes: list[str],
+    any_running: bool,
+) -> PurchaseResult:
+    """The rest of ``_purchase_record`` once the member's account is locked."""
     refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
     cash = Decimal("0.00")
     if points_to_use:
@@ -485,7 +521,7 @@ def _purchase_record(
     coupons = _coupons_write_off(
         coupon_codes, store=store, terminal=terminal, purchase=purchase, member=member, amount=amount, at=now
     )
-    running = campaigns_for_purchase(at=paid_at)
+    running = campaigns_for_purchase(at=paid_at, any_running=any_running)
     boost = purchase_boost(
         member=member, store=store, tier=tier, base_amount=amount - cash, at=paid_at,
         reference=f"purchase:{purchase.pk}", running=running,

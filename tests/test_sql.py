@@ -246,7 +246,7 @@ def test_execute_refuses_mixed_placeholders_and_a_wrong_count() -> None:
 
 
 def test_the_hot_paths_run_prepared(terminal_client: Any, member: Member, settings: Any) -> None:
-    """Identify and purchase: every statement after the first of each kind is an EXECUTE."""
+    """Identify: every statement after the first of each kind is an EXECUTE."""
     from members.selectors import member_code_current
 
     settings.LOYALTY_SQL_PREPARE = True
@@ -270,6 +270,15 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     assert response.status_code == 201, response.content
     statements = [q["sql"] for q in captured.captured_queries]
     assert not [sql for sql in statements if "SAVEPOINT" in sql]
+    # Once the member has an account: the key; BEGIN; the member; the purchase;
+    # the account lock with the campaign and webhook set-up; the entry with its
+    # lot; the message; the purchase's points with the balances; COMMIT.
+    with CaptureQueriesContext(connection) as captured:
+        response = terminal_client.post(
+            "/api/v1/terminal/purchases", {"member": code, "receipt_no": "S-1b", "amount": "12.00"}, format="json"
+        )
+    assert response.status_code == 201, response.content
+    assert len(captured) == 9, [q["sql"][:80] for q in captured.captured_queries]
     # and a purchase refused after its row was inserted (more points than the member has) leaves nothing
     from members.selectors import member_code_current
 

@@ -55,20 +55,32 @@ def campaigns_running(*, kinds: list[str], at: datetime) -> QuerySet[Campaign]:
 PURCHASE_KINDS = (Campaign.Kind.MULTIPLIER, Campaign.Kind.BIRTHDAY, Campaign.Kind.BONUS, Campaign.Kind.REFERRAL)
 
 
-def campaigns_for_purchase(*, at: datetime) -> list[Campaign]:
+_ANY_RUNNING_SQL = (
+    f"EXISTS (SELECT 1 FROM {Campaign._meta.db_table} WHERE kind = ANY(%s) AND status = %s "  # noqa: S608 - model table
+    "AND starts_at <= %s AND (ends_at IS NULL OR ends_at > %s))"
+)
+
+
+def purchase_campaigns_column(at: datetime) -> tuple[str, list[Any]]:
+    """Whether any campaign a purchase may touch runs at ``at``, as one SQL
+    expression and its parameters, to read in a statement the till makes anyway
+    (its account lock) and pass to ``campaigns_for_purchase(any_running=...)``."""
+    return _ANY_RUNNING_SQL, [[str(kind) for kind in PURCHASE_KINDS], str(Campaign.Status.ACTIVE), at, at]
+
+
+def campaigns_for_purchase(*, at: datetime, any_running: bool | None = None) -> list[Campaign]:
     """Every running campaign a purchase may touch (multipliers, birthday,
     first-purchase bonus, referral), read once per purchase and passed to
-    ``purchase_boost`` and ``campaigns_after_purchase``: one query when none
-    runs, which is the common case at the till, and that one plain SQL (the
-    ORM's query with its joins costs the till several milliseconds of CPU)."""
-    with connection.cursor() as cursor:
-        execute(
-            cursor,
-            f"SELECT EXISTS (SELECT 1 FROM {Campaign._meta.db_table} WHERE kind = ANY(%s) AND status = %s "  # noqa: S608
-            "AND starts_at <= %s AND (ends_at IS NULL OR ends_at > %s))",
-            [[str(kind) for kind in PURCHASE_KINDS], str(Campaign.Status.ACTIVE), at, at],
-        )
-        (any_running,) = cursor.fetchone()
+    ``purchase_boost`` and ``campaigns_after_purchase``: nothing more when none
+    runs, which is the common case at the till. ``any_running``: that answer,
+    read by the caller with another statement (``purchase_campaigns_column``);
+    else one plain query asks (the ORM's query with its joins costs the till
+    several milliseconds of CPU)."""
+    if any_running is None:
+        sql, params = purchase_campaigns_column(at)
+        with connection.cursor() as cursor:
+            execute(cursor, f"SELECT {sql}", params)
+            (any_running,) = cursor.fetchone()
     if not any_running:
         return []
     return list(campaigns_running(kinds=list(PURCHASE_KINDS), at=at))

@@ -59,7 +59,9 @@ import time
 import urllib.error
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -123,17 +125,43 @@ def webhook_signature_verify(
 # -----------------------------------------------------------------------------
 # Emit
 # -----------------------------------------------------------------------------
+_SUBSCRIBED_SQL = (
+    f"SELECT id FROM {WebhookEndpoint._meta.db_table} "  # noqa: S608 - model table
+    "WHERE is_active AND (events = '[]'::jsonb OR events @> %s::jsonb) ORDER BY id"
+)
+# Subscriptions a caller read with another statement (``subscribed_column``),
+# for the code it runs inside ``subscriptions_known``.
+_known: ContextVar[dict[str, list[int]] | None] = ContextVar("loyalty_webhook_subscriptions", default=None)
+
+
 def _subscribed(event: str) -> list[int]:
     """The active endpoints that take ``event`` (all events when their list is
-    empty). Plain SQL: every ledger entry at the till asks."""
+    empty). Plain SQL: every ledger entry at the till asks, unless its caller
+    read them already (``subscriptions_known``)."""
+    known = _known.get()
+    if known is not None and event in known:
+        return known[event]
     with connection.cursor() as cursor:
-        execute(
-            cursor,
-            f"SELECT id FROM {WebhookEndpoint._meta.db_table} "  # noqa: S608 - model table
-            "WHERE is_active AND (events = '[]'::jsonb OR events @> %s::jsonb) ORDER BY id",
-            [json.dumps([event])],
-        )
+        execute(cursor, _SUBSCRIBED_SQL, [json.dumps([event])])
         return [row[0] for row in cursor.fetchall()]
+
+
+def subscribed_column(event: str) -> tuple[str, list[Any]]:
+    """The endpoints that take ``event`` as one SQL expression (an array of
+    ids) and its parameters, to read in a statement the caller makes anyway
+    (the till's account lock); then run the work inside ``subscriptions_known``."""
+    return f"ARRAY({_SUBSCRIBED_SQL})", [json.dumps([event])]
+
+
+@contextmanager
+def subscriptions_known(known: dict[str, list[int]]) -> Iterator[None]:
+    """Within this block ``_subscribed(event)`` answers from ``known`` (read in
+    the same transaction by the caller) for the events it holds."""
+    token = _known.set(known)
+    try:
+        yield
+    finally:
+        _known.reset(token)
 
 
 def _envelope(event: str, data: dict[str, Any], at: datetime) -> tuple[uuid.UUID, dict[str, Any]]:

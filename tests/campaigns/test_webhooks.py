@@ -282,6 +282,30 @@ def test_points_changed_carries_the_entry_without_personal_data(member, store, t
     assert WebhookDelivery.objects.filter(event="points_changed").values("event_id").distinct().count() == 2
 
 
+def test_a_purchase_reads_the_subscriptions_with_its_account_lock(member, store, terminal, fake_server):
+    """The till asks for the points_changed endpoints in its account-lock
+    statement: the same endpoints get the event as when each entry asks."""
+    from campaigns.services import webhooks
+
+    ledger = _endpoint(fake_server.url + "/ledger", events=["points_changed"], name="ERP")
+    _endpoint(fake_server.url + "/tiers", events=["tier_changed"], name="CRM")
+    _endpoint(fake_server.url + "/off", active=False, name="Old")
+    result = buy(store=store, terminal=terminal, member=member, receipt_no="R-9", amount="50.00", at=timezone.now())
+    assert result.purchase.points_earned == 50
+    deliveries = list(WebhookDelivery.objects.filter(event="points_changed"))
+    assert [delivery.endpoint_id for delivery in deliveries] == [ledger.pk]
+    assert deliveries[0].payload["data"]["points"] == 50
+    assert webhooks._known.get() is None  # the purchase's answer does not outlive it
+    # an endpoint added afterwards gets the next purchase's event
+    later = _endpoint(fake_server.url + "/later", events=["points_changed"], name="BI")
+    buy(store=store, terminal=terminal, member=member, receipt_no="R-10", amount="20.00", at=timezone.now())
+    assert sorted(
+        WebhookDelivery.objects.filter(event="points_changed", payload__data__receipt_no="R-10").values_list(
+            "endpoint_id", flat=True
+        )
+    ) == [ledger.pk, later.pk]
+
+
 def test_no_endpoint_costs_one_query(member, store, terminal, django_assert_num_queries):
     result = buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="10.00", at=timezone.now())
     entry = result.purchase.entries.get(kind="earn")
