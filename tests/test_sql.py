@@ -293,7 +293,7 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     assert response.status_code == 409, response.content
     assert response.json()["error"]["code"] == "insufficient_points"
     assert not Purchase.objects.filter(receipt_no="S-2").exists()
-    assert PointsEntry.objects.filter(member=member).count() == 1  # the first purchase's earn
+    assert PointsEntry.objects.filter(member=member).count() == 2  # the first two purchases' earn
 
 
 @pytest.mark.django_db(transaction=True)
