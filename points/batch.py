@@ -50,7 +50,7 @@ class ExpiryResult:
 # cost a write per lot.
 _EXPIRE_SQL = """
 WITH lots AS (
-    SELECT id, member_id, remaining, pending_until IS NOT NULL AS is_pending
+    SELECT ctid AS row, id, member_id, remaining, pending_until IS NOT NULL AS is_pending
     FROM points_pointslot
     WHERE member_id = ANY(%(ids)s) AND remaining > 0 AND expires_at <= %(as_of)s
 ), sums AS (
@@ -58,9 +58,11 @@ WITH lots AS (
            COALESCE(SUM(remaining) FILTER (WHERE is_pending), 0)::int AS pend, COUNT(*) AS n
     FROM lots GROUP BY member_id
 ), acc AS (
+    -- "member_id = ANY" too: the accounts by primary key, not the join the
+    -- planner picks from the lots' estimate (a scan of every account, per batch).
     UPDATE points_pointsaccount a
     SET balance = a.balance - s.total, pending = a.pending - s.pend, updated_at = now()
-    FROM sums s WHERE a.member_id = s.member_id
+    FROM sums s WHERE a.member_id = s.member_id AND a.member_id = ANY(%(ids)s)
     RETURNING a.member_id, a.balance
 ), entries AS (
     INSERT INTO points_pointsentry (member_id, kind, points, balance_after, source, reason, reference, created_at)
@@ -71,10 +73,12 @@ WITH lots AS (
     INSERT INTO points_pointsallocation (entry_id, lot_id, points)
     SELECT e.id, l.id, -l.remaining FROM lots l JOIN entries e ON e.member_id = l.member_id
 ), emptied AS (
-    UPDATE points_pointslot p SET remaining = 0 FROM lots l WHERE p.id = l.id
+    -- By the row's address read above (no index probe per lot): the accounts'
+    -- locks keep every other writer off these lots until the commit.
+    UPDATE points_pointslot p SET remaining = 0 FROM lots l WHERE p.ctid = l.row
 )
-SELECT COUNT(DISTINCT member_id), COUNT(*), COALESCE(SUM(remaining), 0),
-       (SELECT COALESCE(array_agg(id), '{}') FROM entries) FROM lots
+SELECT (SELECT COUNT(*) FROM sums), COALESCE(SUM(n), 0)::bigint, COALESCE(SUM(total), 0)::bigint,
+       (SELECT COALESCE(array_agg(id), '{}') FROM entries) FROM sums
 """
 
 
@@ -201,7 +205,8 @@ WITH spend AS (
     UPDATE members_member m
     SET tier_id = d.new_tier_id, tier_since = %(as_of)s, tier_override_until = NULL, updated_at = now()
     FROM decided d
-    WHERE m.id = d.id AND d.new_tier_id IS NOT NULL AND d.new_tier_id <> m.tier_id
+    -- The range again: the members by primary key, not a join with every member.
+    WHERE m.id = d.id AND m.id BETWEEN %(lo)s AND %(hi)s AND d.new_tier_id IS NOT NULL AND d.new_tier_id <> m.tier_id
     RETURNING m.id, d.old_tier_id, d.new_tier_id, d.spend, d.reason
 ), history AS (
     INSERT INTO members_tierchange (member_id, from_tier_id, to_tier_id, reason, note, qualifying_spend, created_at)
@@ -313,6 +318,10 @@ LEDGER_CHECKS: dict[str, str] = {
         LEFT JOIN (SELECT lot_id, SUM(points) AS total FROM points_pointsallocation GROUP BY lot_id) x
           ON x.lot_id = l.id
         WHERE l.remaining <> l.original + COALESCE(x.total, 0)""",
+    "allocation_without_entry_or_lot": """
+        SELECT x.id, x.entry_id, x.lot_id FROM points_pointsallocation x
+        WHERE NOT EXISTS (SELECT 1 FROM points_pointsentry e WHERE e.id = x.entry_id)
+           OR NOT EXISTS (SELECT 1 FROM points_pointslot l WHERE l.id = x.lot_id)""",
     "debit_differs_from_allocations": """
         SELECT e.id, e.points, COALESCE(x.total, 0) FROM points_pointsentry e
         JOIN (SELECT entry_id, SUM(points) AS total FROM points_pointsallocation GROUP BY entry_id) x

@@ -68,8 +68,10 @@ class Purchase(models.Model):
         Terminal, on_delete=models.PROTECT, null=True, blank=True, related_name="purchases", verbose_name=_("terminal")
     )
     receipt_no = models.CharField(_("receipt number"), max_length=64)
+    # No index of its own: purchase_member_paid_idx leads with the member.
     member = models.ForeignKey(
-        Member, on_delete=models.PROTECT, null=True, blank=True, related_name="purchases", verbose_name=_("member")
+        Member, on_delete=models.PROTECT, null=True, blank=True, related_name="purchases", verbose_name=_("member"),
+        db_index=False,
     )
     tier = models.ForeignKey(
         Tier, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name=_("tier at purchase")
@@ -118,7 +120,12 @@ class Purchase(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["member", "paid_at"], name="purchase_member_paid_idx"),
+            # Covering: a member's qualifying spend (each purchase at the till, the
+            # nightly tier evaluation) is read from the index alone, not from
+            # purchases scattered over the table (docs/performance.md, session 5).
+            models.Index(
+                fields=["member", "paid_at"], include=["amount", "refunded_amount"], name="purchase_member_spend_idx"
+            ),
             models.Index(fields=["paid_at"], name="purchase_paid_idx"),
         ]
 
@@ -265,12 +272,22 @@ class PointsLot(models.Model):
 
 
 class PointsAllocation(models.Model):
-    """How much a debit drew from (or a refund returned to) one lot. Append-only."""
+    """How much a debit drew from (or a refund returned to) one lot. Append-only.
+
+    Its two keys have no foreign-key constraint in the database: the rows
+    they point to can never go (entries and lots refuse DELETE, migration
+    points/0004), allocations are only written with the entry and lots of the
+    same statement or transaction, and ``check_ledger`` finds any allocation
+    whose entry or lot is missing. The constraints' checks at commit were a
+    third of the nightly expiry's time (docs/performance.md, session 5)."""
 
     entry = models.ForeignKey(
-        PointsEntry, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("entry")
+        PointsEntry, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("entry"),
+        db_constraint=False,
     )
-    lot = models.ForeignKey(PointsLot, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("lot"))
+    lot = models.ForeignKey(
+        PointsLot, on_delete=models.PROTECT, related_name="allocations", verbose_name=_("lot"), db_constraint=False
+    )
     # Negative: drawn from the lot; positive: returned into it.
     points = models.IntegerField(_("points"))
 

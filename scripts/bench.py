@@ -413,6 +413,25 @@ def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TEMPLATE_DB = f"{BENCH_DB}_template"
+TEMPLATE_KEYS = OUT_DIR / "work" / "template_keys.txt"
+
+
+def template_keep(keys: list[str]) -> None:
+    """A copy of the data as generated (``BENCH_KEEP_TEMPLATE=1``) and its
+    terminal keys, for ``scripts/bench_jobs.py`` to measure the nightly jobs
+    again from the same state with later code."""
+    from django.db import connection
+
+    connection.close()  # a template database must have no other session
+    started = time.monotonic()
+    database_drop(TEMPLATE_DB)
+    admin_sql(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE "{BENCH_DB}" STRATEGY FILE_COPY')
+    TEMPLATE_KEYS.parent.mkdir(parents=True, exist_ok=True)
+    TEMPLATE_KEYS.write_text("".join(f"Api-Key {key}\n" for key in keys))
+    log(f"  kept the data as {TEMPLATE_DB} in {time.monotonic() - started:.1f} s")
+
+
 def foreign_keys_check() -> dict[str, int]:
     """Rows of the generated tables whose foreign key points to no row, one
     anti-join per key (what the deferred checks would have refused)."""
@@ -1610,6 +1629,8 @@ def run(scale_name: str) -> int:
         call_command("migrate", verbosity=0)
         log("migrated; generating data in SQL")
         data = data_generate(scale)
+        if os.environ.get("BENCH_KEEP_TEMPLATE") == "1":
+            template_keep(data["keys"])
         r["data"] = {k: v for k, v in data.items() if k not in ("keys", "member_token")}
         r["data_self_check"] = data_self_check(data["first_member"])
         r["errors"] += r["data_self_check"]

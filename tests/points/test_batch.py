@@ -471,8 +471,34 @@ CORRUPTIONS = {
         {"balance_differs_from_lots"},
     ),
     "lot_deleted": (
-        lambda ids: [f"DELETE FROM points_pointslot WHERE id = {ids['unallocated_lot']}"],
+        lambda ids: [
+            SET_IMMEDIATE,
+            "ALTER TABLE points_pointslot DISABLE TRIGGER points_lot_no_delete",
+            f"DELETE FROM points_pointslot WHERE id = {ids['unallocated_lot']}",
+        ],
         {"balance_differs_from_lots"},
+    ),
+    "allocated_lot_deleted": (
+        lambda ids: [
+            SET_IMMEDIATE,
+            "ALTER TABLE points_pointslot DISABLE TRIGGER points_lot_no_delete",
+            f"DELETE FROM points_pointslot WHERE id = {ids['spender_lot']}",
+        ],
+        {"balance_differs_from_lots", "allocation_without_entry_or_lot"},
+    ),
+    "allocation_to_no_lot": (
+        lambda ids: [
+            "INSERT INTO points_pointsallocation (entry_id, lot_id, points) "
+            f"VALUES ({ids['redeem_entry']}, 987654321, -1)"
+        ],
+        {"allocation_without_entry_or_lot", "debit_differs_from_allocations"},
+    ),
+    "allocation_to_no_entry": (
+        lambda ids: [
+            "INSERT INTO points_pointsallocation (entry_id, lot_id, points) "
+            f"VALUES (987654321, {ids['spender_lot']}, -1)"
+        ],
+        {"allocation_without_entry_or_lot", "lot_differs_from_allocations"},
     ),
     "account_deleted": (
         lambda ids: [f"DELETE FROM points_pointsaccount WHERE member_id = {ids['spender']}"],
@@ -557,6 +583,8 @@ def test_ledger_check_finds_each_kind_of_corruption(ledger, corruption):
         "DELETE FROM points_pointsentry",
         "UPDATE points_pointsallocation SET points = points - 1",
         "DELETE FROM points_pointsallocation",
+        "DELETE FROM points_pointslot",
+        "DELETE FROM points_pointslot WHERE remaining = 0",
     ],
 )
 def test_entries_and_allocations_are_append_only(ledger, sql):
