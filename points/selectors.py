@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,16 +22,15 @@ EXPIRING_WINDOW_DAYS = 30
 # The summary as columns keyed on ``t0.id`` (the member's id): appended to the
 # member's own row where the member is looked up (identify: one round trip,
 # ``loyalty.sql.select_one_with``), or read alone from a one-row ``t0``.
+# The open lots that expire by the end of the window, in one scan of the
+# open-lots index, as [expiry in epoch microseconds, remaining, 1 if pending]:
+# those already past their expiry (not yet taken by the nightly job) and those
+# expiring within the window are told apart in Python.
 _SUMMARY_COLUMNS = """
 (SELECT ARRAY[a.balance, a.pending, a.debt] FROM points_pointsaccount a WHERE a.member_id = t0.id),
-(SELECT COALESCE(SUM(remaining), 0) FROM points_pointslot
- WHERE member_id = t0.id AND remaining > 0 AND expires_at <= %s AND pending_until IS NULL),
-COALESCE((
-  SELECT json_agg(json_build_object('expires_at', x.expires_at, 'points', x.points) ORDER BY x.expires_at)
-  FROM (SELECT expires_at, SUM(remaining) AS points FROM points_pointslot
-        WHERE member_id = t0.id AND remaining > 0 AND expires_at > %s AND expires_at <= %s
-        GROUP BY expires_at) x
-), '[]'::json)
+(SELECT array_agg(ARRAY[(extract(epoch FROM expires_at) * 1000000)::bigint, remaining,
+                        (pending_until IS NOT NULL)::int])
+ FROM points_pointslot WHERE member_id = t0.id AND remaining > 0 AND expires_at <= %s)
 """
 
 # Usable coupons of the member at a store, for the till summary (same statement).
@@ -72,11 +71,11 @@ class TillSummaryQuery:
         return [*_summary_params(self.now), self.now, self.now, self.store_id]
 
     def read(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], list]:
-        return _summary_read(values, coupons=True)
+        return _summary_read(values, now=self.now, coupons=True)
 
 
 def _summary_params(now: datetime) -> list[Any]:
-    return [now, now, now + timedelta(days=EXPIRING_WINDOW_DAYS)]
+    return [now + timedelta(days=EXPIRING_WINDOW_DAYS)]
 
 
 def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[str, Any]:
@@ -85,7 +84,7 @@ def points_summary_get(*, member: Member, now: datetime | None = None) -> dict[s
     now = now or timezone.now()
     with connection.cursor() as cursor:
         execute(cursor, "SELECT " + _SUMMARY_ONLY, [*_summary_params(now), member.pk])
-        return _summary_read(cursor.fetchone(), coupons=False)[0]
+        return _summary_read(cursor.fetchone(), now=now, coupons=False)[0]
 
 
 def till_summary_get(*, member: Member, store: Store, now: datetime | None = None) -> tuple[dict[str, Any], list]:
@@ -97,19 +96,28 @@ def till_summary_get(*, member: Member, store: Store, now: datetime | None = Non
         return query.read(cursor.fetchone())
 
 
-def _summary_read(row: tuple[Any, ...], *, coupons: bool) -> tuple[dict[str, Any], list]:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _summary_read(row: tuple[Any, ...], *, now: datetime, coupons: bool) -> tuple[dict[str, Any], list]:
     from points.services import points_cash_value
 
-    account, lapsed, expiring_raw = row[:3]
+    account, lots = row[:2]
     balance, pending, debt = account if account is not None else (0, 0, 0)
-    coupons_raw = row[3] if coupons else []
-    expiring_rows = json.loads(expiring_raw) if isinstance(expiring_raw, str) else expiring_raw
+    coupons_raw = row[2] if coupons else []
+    now_us = (now - _EPOCH) // timedelta(microseconds=1)
+    lapsed = 0
+    points_by_expiry: dict[int, int] = {}
+    for expires_us, remaining, is_pending in lots or ():
+        if expires_us > now_us:
+            points_by_expiry[expires_us] = points_by_expiry.get(expires_us, 0) + remaining
+        elif not is_pending:
+            lapsed += remaining
     by_day: dict[Any, int] = {}
-    for item in expiring_rows:
-        expires_at = datetime.fromisoformat(item["expires_at"])
+    for expires_us in sorted(points_by_expiry):
         # Lots expire at local midnight: the last valid day is the day before.
-        last_day = (timezone.localtime(expires_at) - timedelta(microseconds=1)).date()
-        by_day[last_day] = by_day.get(last_day, 0) + int(item["points"])
+        last_day = timezone.localtime(_EPOCH + timedelta(microseconds=expires_us - 1)).date()
+        by_day[last_day] = by_day.get(last_day, 0) + points_by_expiry[expires_us]
     # Points past their expiry but not yet taken by the nightly job cannot be spent.
     spendable = max(balance - pending - lapsed, 0) if debt == 0 else 0
     summary = {

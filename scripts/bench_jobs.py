@@ -57,15 +57,15 @@ def main() -> int:
     bench.redis_flush(env)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE points_purchase")  # the new covering index's visibility map, if migrated now
-        cursor.execute("SELECT min(id) FROM members_member")
-        first = cursor.fetchone()[0]
+        cursor.execute("SELECT min(id), count(*) FROM members_member")
+        first, members = cursor.fetchone()
         cursor.execute("CHECKPOINT")
     bench.codes_write(first + offset, CODES, out / "codes.txt")
     connection.close()
     server = bench.Server(env, out / "gunicorn.log")
     keys = [line.split()[1] for line in keys_file.read_text().splitlines() if line]
     server.start(keys[0])
-    r: dict = {"template": template, "rate": rate}
+    r: dict = {"template": template, "rate": rate, "scale": {"members": members}}
     try:
         r["expiry"] = bench.expiry_under_load(
             server, env, keys_file, out / "codes.txt", rate, "J" + secrets.token_hex(3)
@@ -77,8 +77,8 @@ def main() -> int:
     r["tiers"] = bench.job("tiers", env)
     r["tiers_rerun"] = bench.job("tiers", env)
     r["ledger_after"] = bench.check_ledger_command(env)
-    bench.table_print([f for f in bench.build_figures(r) if f["status"] != bench.NOT_MEASURED])
     (out / "latest.json").write_text(json.dumps(r, indent=2, default=str))
+    bench.table_print([f for f in bench.build_figures(r) if f["status"] != bench.NOT_MEASURED])
     print(f"Figures written to {out / 'latest.json'}")
     return 0
 
