@@ -334,8 +334,11 @@ LOYALTY_POINTS_PENDING_DAYS = env.int("LOYALTY_POINTS_PENDING_DAYS", default=0)
 # "year_end" (end of the year after the year earned).
 LOYALTY_POINTS_EXPIRY_POLICY = env("LOYALTY_POINTS_EXPIRY_POLICY", default="rolling")
 LOYALTY_POINTS_EXPIRY_MONTHS = env.int("LOYALTY_POINTS_EXPIRY_MONTHS", default=12)
-# Members per transaction of the expiry job.
-LOYALTY_EXPIRY_BATCH_SIZE = env.int("LOYALTY_EXPIRY_BATCH_SIZE", default=2000)
+# Members per transaction of the expiry job: 500 members (about 1,700 lots at
+# bench scale) keep a batch short right after a checkpoint, when every page
+# changed is first written whole to the WAL, and while the till is busy
+# (docs/performance.md, session 5).
+LOYALTY_EXPIRY_BATCH_SIZE = env.int("LOYALTY_EXPIRY_BATCH_SIZE", default=500)
 # A receipt recorded without a member can be claimed within this many days.
 LOYALTY_CLAIM_WINDOW_DAYS = env.int("LOYALTY_CLAIM_WINDOW_DAYS", default=30)
 # A purchase's paid_at may be at most this old (older history goes through import_history).
