@@ -37,6 +37,7 @@ class Coalescer:
         self.name = name
         self.send = send
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # held for a whole flush: a flush waits for one in flight
         self._ids: list[int] = []
         self._timer: threading.Timer | None = None
         self._pid = os.getpid()
@@ -62,19 +63,24 @@ class Coalescer:
 
         The timer counts as running until the send returns: ids added meanwhile
         wait and go out together right after it, so a broker that hangs holds
-        one thread per coalescer, not one more every window."""
-        with self._lock:
-            ids, self._ids = self._ids, []
-        try:
-            if ids:
-                self.send(ids)
-        except Exception:  # send() logs broker errors itself; anything else must not kill the timer thread silently
-            logger.exception("%s: handing off %s id(s) failed; the periodic sweep will send them", self.name, len(ids))
-        finally:
+        one thread per coalescer, not one more every window. A flush that
+        finds the timer's send in flight waits for it, so once ``flush``
+        returns, everything added before it has been handed off."""
+        with self._sending:
             with self._lock:
-                self._timer = None
-                if self._ids and self._pid == os.getpid():
-                    self._start()
+                ids, self._ids = self._ids, []
+            try:
+                if ids:
+                    self.send(ids)
+            except Exception:  # send() logs broker errors itself; anything else must not kill the timer thread silently
+                logger.exception(
+                    "%s: handing off %s id(s) failed; the periodic sweep will send them", self.name, len(ids)
+                )
+            finally:
+                with self._lock:
+                    self._timer = None
+                    if self._ids and self._pid == os.getpid():
+                        self._start()
 
     def _start(self) -> None:
         self._timer = threading.Timer(settings.LOYALTY_HANDOFF_WINDOW_SECONDS, self.flush)

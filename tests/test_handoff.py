@@ -173,3 +173,26 @@ def test_adds_from_many_threads_are_each_handed_off_once() -> None:
     while len(received) < 1600 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sorted(received) == sorted(k * 1000 + n for k in range(8) for n in range(200))
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_a_flush_waits_for_the_send_in_flight() -> None:
+    """flush_all() (at exit; tests) returns only when everything added before
+    it is handed off, even when the timer took it and is still sending."""
+    from loyalty.handoff import flush_all
+
+    sending, release, finished = threading.Event(), threading.Event(), []
+
+    def slow(ids: list[int]) -> None:
+        sending.set()
+        release.wait(5)
+        finished.extend(ids)
+
+    coalescer = Coalescer("slow", slow)
+    coalescer.add([7])
+    assert sending.wait(5)  # the timer's send is in flight
+    threading.Timer(0.3, release.set).start()
+    started = time.monotonic()
+    flush_all()
+    assert finished == [7]
+    assert time.monotonic() - started >= 0.25
