@@ -335,7 +335,7 @@ def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str =
 
 @lru_cache(maxsize=32)
 def _insert_pair_plan(model: type[Model], child: type[Model], link: str) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
-    fields = tuple(f for f in model._meta.local_concrete_fields if not f.generated and f is not model._meta.auto_field)
+    fields = _insert_plan(model)[1]  # the parent's columns as a plain insert writes them
     link_field = child._meta.get_field(link)
     if not link_field.many_to_one or link_field.related_model is not model:
         raise ValueError(f"{child.__name__}.{link} is not a foreign key to {model.__name__}")
