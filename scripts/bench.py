@@ -415,12 +415,14 @@ def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
 
 TEMPLATE_DB = f"{BENCH_DB}_template"
 TEMPLATE_KEYS = OUT_DIR / "work" / "template_keys.txt"
+TEMPLATE_DATA = OUT_DIR / "work" / "template_data.json"
 
 
-def template_keep(keys: list[str]) -> None:
-    """A copy of the data as generated (``BENCH_KEEP_TEMPLATE=1``) and its
-    terminal keys, for ``scripts/bench_jobs.py`` to measure the nightly jobs
-    again from the same state with later code."""
+def template_keep(data: dict[str, Any]) -> None:
+    """A copy of the data as generated (``BENCH_KEEP_TEMPLATE=1``), its
+    terminal keys and what the run needs to know of it, for
+    ``scripts/bench_jobs.py`` and ``BENCH_FROM_TEMPLATE=1`` to measure again
+    from the same state with later code."""
     from django.db import connection
 
     connection.close()  # a template database must have no other session
@@ -428,8 +430,24 @@ def template_keep(keys: list[str]) -> None:
     database_drop(TEMPLATE_DB)
     admin_sql(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE "{BENCH_DB}" STRATEGY FILE_COPY')
     TEMPLATE_KEYS.parent.mkdir(parents=True, exist_ok=True)
-    TEMPLATE_KEYS.write_text("".join(f"Api-Key {key}\n" for key in keys))
+    TEMPLATE_KEYS.write_text("".join(f"Api-Key {key}\n" for key in data["keys"]))
+    TEMPLATE_DATA.write_text(json.dumps(data))
     log(f"  kept the data as {TEMPLATE_DB} in {time.monotonic() - started:.1f} s")
+
+
+def template_copy(scale_name: str) -> dict[str, Any]:
+    """``BENCH_FROM_TEMPLATE=1``: the data a kept template holds instead of
+    generating it again (the run is then migrated forward by the caller)."""
+    kept = json.loads(TEMPLATE_DATA.read_text()) if TEMPLATE_DATA.exists() else None
+    if admin_sql("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DB]) is None or kept is None:
+        raise SystemExit(f"BENCH_FROM_TEMPLATE=1: no kept {TEMPLATE_DB} (make bench BENCH_KEEP_TEMPLATE=1 keeps one)")
+    if kept.get("scale") != scale_name:
+        raise SystemExit(f"BENCH_FROM_TEMPLATE=1: {TEMPLATE_DB} holds SCALE={kept.get('scale')}, not {scale_name}")
+    started = time.monotonic()
+    database_drop(BENCH_DB)
+    admin_sql(f'CREATE DATABASE "{BENCH_DB}" TEMPLATE "{TEMPLATE_DB}" STRATEGY FILE_COPY')
+    log(f"  {BENCH_DB} copied from {TEMPLATE_DB} in {time.monotonic() - started:.1f} s")
+    return kept
 
 
 def foreign_keys_check() -> dict[str, int]:
@@ -1609,7 +1627,11 @@ def run(scale_name: str) -> int:
 
     try:
         log(f"SCALE={scale_name}: database {BENCH_DB} on {r['machine']['database']}")
-        database_recreate(BENCH_DB)
+        kept = None
+        if os.environ.get("BENCH_FROM_TEMPLATE") == "1":
+            kept = template_copy(scale_name)
+        else:
+            database_recreate(BENCH_DB)
         redis_flush(env)
         import django
 
@@ -1627,11 +1649,16 @@ def run(scale_name: str) -> int:
             r["machine"]["postgresql_settings"] = dict(cursor.fetchall())
         log("PostgreSQL settings: " + ", ".join(f"{k}={v}" for k, v in r["machine"]["postgresql_settings"].items()))
         call_command("migrate", verbosity=0)
-        log("migrated; generating data in SQL")
-        data = data_generate(scale)
-        if os.environ.get("BENCH_KEEP_TEMPLATE") == "1":
-            template_keep(data["keys"])
-        r["data"] = {k: v for k, v in data.items() if k not in ("keys", "member_token")}
+        if kept:
+            log("migrated; the data is the kept template's")
+            data = kept
+            r["from_template"] = TEMPLATE_DB
+        else:
+            log("migrated; generating data in SQL")
+            data = {**data_generate(scale), "scale": scale_name}
+            if os.environ.get("BENCH_KEEP_TEMPLATE") == "1":
+                template_keep(data)
+        r["data"] = {k: v for k, v in data.items() if k not in ("keys", "member_token", "scale")}
         r["data_self_check"] = data_self_check(data["first_member"])
         r["errors"] += r["data_self_check"]
         r["ledger_generated"] = step("check_ledger on the generated data", check_ledger_command, env)
