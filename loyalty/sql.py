@@ -297,15 +297,23 @@ def _in_range(field: Any, value: int, connection: Any) -> bool:
 
 
 @lru_cache(maxsize=128)
-def _insert_plan(model: type[Model]) -> tuple[str, tuple[Any, ...]]:
-    fields = tuple(f for f in model._meta.local_concrete_fields if not f.generated and f is not model._meta.auto_field)
+def _insert_plan(model: type[Model], with_pk: bool = False) -> tuple[str, tuple[Any, ...]]:
+    auto = model._meta.auto_field
+    fields = tuple(f for f in model._meta.local_concrete_fields if not f.generated and (with_pk or f is not auto))
     columns = ", ".join(_quote(f.column) for f in fields)
     pk = model._meta.pk
-    returning = f" RETURNING {_quote(pk.column)}" if model._meta.auto_field is not None else ""
+    returning = f" RETURNING {_quote(pk.column)}" if auto is not None else ""
     placeholders = ", ".join(["%s"] * len(fields))
     # Identifiers from the model's metadata, quoted; values are parameters.
     sql = f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({placeholders}){returning}"  # noqa: S608
     return sql, fields
+
+
+def _inserted(instance: Model, pk: Any, using: str) -> None:
+    if pk is not None:
+        instance.pk = pk
+    instance._state.adding = False
+    instance._state.db = using
 
 
 def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str = "default", **values: Any) -> M | None:
@@ -313,7 +321,37 @@ def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str =
     ``auto_now``/``auto_now_add`` and field preparation are the fields' own) and
     return the instance with its primary key. With ``on_conflict_do_nothing``
     a row that breaks a unique constraint is not written and None is returned."""
-    sql, fields = _insert_plan(model)
+    write, instance = insert_write(model, on_conflict_do_nothing=on_conflict_do_nothing, using=using, **values)
+    with connections[using].cursor() as cursor:
+        execute(cursor, write.sql, write.params)
+        row = cursor.fetchone() if write.returning else ()
+    if row is None:
+        return None
+    _inserted(instance, row[0] if row else None, using)
+    return instance
+
+
+@dataclass
+class Write:
+    """One data-modifying statement of ``together``: its SQL (``%s``
+    placeholders), its parameters, the columns of its ``RETURNING`` to read
+    back (one row at most), and what to do with them once run (their values,
+    or None when it returned no row)."""
+
+    sql: str
+    params: list[Any]
+    returning: tuple[str, ...] = ()
+    done: Any = None  # Callable[[tuple | None], None]
+
+
+def insert_write(
+    model: type[M], *, on_conflict_do_nothing: bool = False, using: str = "default", **values: Any
+) -> tuple[Write, M]:
+    """``insert`` as a ``Write`` for ``together``: the instance gets its primary
+    key (given in ``values``, or the one the row receives) when the statement
+    has run. Returns the write and the instance."""
+    pk = model._meta.pk
+    sql, fields = _insert_plan(model, with_pk=pk.attname in values or "pk" in values)
     if on_conflict_do_nothing:
         if model._meta.auto_field is None:
             raise ValueError("on_conflict_do_nothing needs an auto primary key to tell a conflict")
@@ -321,16 +359,59 @@ def insert(model: type[M], *, on_conflict_do_nothing: bool = False, using: str =
     connection = connections[using]
     instance = model(**values)
     params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
-    with connection.cursor() as cursor:
+    returning = (_quote(pk.column),) if model._meta.auto_field is not None else ()
+
+    def done(row: tuple | None) -> None:
+        if row is not None or not returning:
+            _inserted(instance, row[0] if row else None, using)
+
+    return Write(sql, params, returning, done), instance
+
+
+def together(writes: list[Write], select: str = "", select_params: list[Any] | None = None, *, using: str = "default") -> tuple:
+    """Run ``writes`` and then read ``select`` in ONE statement (data-modifying
+    CTEs): one round trip instead of one per statement. Each write's ``done``
+    gets its ``RETURNING`` values; returns the row of ``select`` (empty without).
+
+    The parts share one snapshot, as CTEs do: ``select`` sees the database as
+    before the statement (not what ``writes`` change), and a write cannot read
+    another's row, so each must have all its values (a primary key taken
+    beforehand, ``next_id_column``). A row may point to another row of the
+    same statement: foreign keys are checked after it (Django's at commit)."""
+    if not writes:
+        raise ValueError("together needs at least one write")
+    # The callers' own statements and column names; values are parameters.
+    ctes = ", ".join(f"w{i} AS ({write.sql})" for i, write in enumerate(writes))
+    returned = [f"(SELECT {column} FROM w{i})" for i, write in enumerate(writes) for column in write.returning]  # noqa: S608
+    found = [f"EXISTS (SELECT FROM w{i})" for i, write in enumerate(writes) if write.returning]
+    columns = ", ".join([*returned, *found, "q.*" if select else "1"])
+    sql = f"WITH {ctes} SELECT {columns}" + (f" FROM ({select}) q" if select else "")  # noqa: S608
+    params = [value for write in writes for value in write.params] + list(select_params or ())
+    with connections[using].cursor() as cursor:
         execute(cursor, sql, params)
-        row = cursor.fetchone() if model._meta.auto_field is not None else ()
-    if row is None:
-        return None
-    if row:
-        instance.pk = row[0]
-    instance._state.adding = False
-    instance._state.db = using
-    return instance
+        row = cursor.fetchone()
+    position, flags = 0, len(returned)
+    for write in writes:
+        if not write.returning:
+            if write.done is not None:
+                write.done(())
+            continue
+        values = row[position : position + len(write.returning)]
+        position += len(write.returning)
+        if write.done is not None:
+            write.done(tuple(values) if row[flags] else None)
+        flags += 1
+    return tuple(row[len(returned) + len(found) :]) if select else ()
+
+
+def next_id_column(model: type[Model]) -> str:
+    """A column for ``select_one_with``'s ``extra``: the next value of
+    ``model``'s primary key sequence, taken in a statement the caller makes
+    anyway, for a row ``together`` writes later (a primary key unused when the
+    row is not written is a gap, as a rolled-back insert leaves)."""
+    pk = model._meta.pk
+    # Identifiers from the model's metadata; no values interpolated.
+    return f"nextval(pg_get_serial_sequence('{_quote(model._meta.db_table)}', '{pk.column}'))"
 
 
 @lru_cache(maxsize=32)

@@ -38,7 +38,16 @@ from campaigns.services.webhooks import (
     webhook_points_changed,
     webhook_tier_changed,
 )
-from loyalty.sql import execute, in_durable_transaction, insert, insert_pair
+from loyalty.sql import (
+    Write,
+    execute,
+    in_durable_transaction,
+    insert,
+    insert_pair,
+    insert_write,
+    next_id_column,
+    together,
+)
 from members.errors import MemberClosed, MemberCodeAlreadyUsed, MemberCodeRequired, MemberFrozen
 from members.models import Member, MemberEvent, Store, Terminal, Tier, TierChange
 from members.selectors import IdentifiedMember
@@ -196,9 +205,13 @@ def _credit(
     refs: Refs,
     expires_at: datetime | None = None,
     pending_until: datetime | None = None,
+    writes: tuple[list[Write], int] | None = None,
 ) -> tuple[PointsEntry, PointsLot | None]:
     """Add points: pay clawback debt first, open a lot with the rest (the entry
-    and its lot in one statement)."""
+    and its lot in one statement). With ``writes`` (a list of ``Write`` and the
+    entry's primary key, taken beforehand) the entry and its lot are added to
+    the list, written by the caller's ``together`` statement (the purchase's
+    last): the instances get their keys then."""
     if points <= 0:
         raise InvalidPoints()
     account.balance += points
@@ -206,26 +219,30 @@ def _credit(
     paid_down = min(account.debt, points)
     account.debt -= paid_down
     rest = points - paid_down
-    lot = None
+    lot_values = None
     if rest > 0:
-        entry, lot = insert_pair(
-            PointsEntry,
-            values,
-            PointsLot,
-            "entry",
-            {
-                "member_id": account.member_id,
-                "original": rest,
-                "remaining": rest,
-                "earned_at": at,
-                "expires_at": expires_at or expiry_for(at),
-                # Pending relative to the credit's own time, so back-dated and
-                # replayed credits behave as they did at that moment.
-                "pending_until": pending_until if pending_until and pending_until > at else None,
-            },
-        )
-        if lot.pending_until is not None:
+        lot_values = {
+            "member_id": account.member_id,
+            "original": rest,
+            "remaining": rest,
+            "earned_at": at,
+            "expires_at": expires_at or expiry_for(at),
+            # Pending relative to the credit's own time, so back-dated and
+            # replayed credits behave as they did at that moment.
+            "pending_until": pending_until if pending_until and pending_until > at else None,
+        }
+        if lot_values["pending_until"] is not None:
             account.pending += rest
+    lot = None
+    if writes is not None:
+        queue, entry_id = writes
+        write, entry = insert_write(PointsEntry, id=entry_id, **values)
+        queue.append(write)
+        if lot_values is not None:
+            write, lot = insert_write(PointsLot, entry=entry, **lot_values)
+            queue.append(write)
+    elif lot_values is not None:
+        entry, lot = insert_pair(PointsEntry, values, PointsLot, "entry", lot_values)
     else:
         entry = insert(PointsEntry, **values)
     webhook_points_changed(entry)  # delivered after commit, with a stable event id
@@ -485,15 +502,20 @@ def _purchase_record(
     _member_can_earn(member)
     # The lock also reads what the rest asks of the programme's set-up (any
     # campaign running, the webhooks of ledger changes): one round trip for three.
+    # The earn entry's key is taken there too, for the purchase's last
+    # statement, which writes the entry with its lot and message (_purchase_finish).
     campaigns_sql, campaigns_params = purchase_campaigns_column(paid_at)
     webhooks_sql, webhooks_params = subscribed_column(POINTS_CHANGED)
-    account, (any_running, subscribed) = account_lock_with(
-        member, f"{campaigns_sql}, {webhooks_sql}", [*campaigns_params, *webhooks_params]
+    account, (any_running, subscribed, entry_id) = account_lock_with(
+        member,
+        f"{campaigns_sql}, {webhooks_sql}, {next_id_column(PointsEntry)}",
+        [*campaigns_params, *webhooks_params],
     )
     with subscriptions_known({POINTS_CHANGED: subscribed}):
         return _purchase_earn(
             purchase, account, member=member, tier=tier, store=store, terminal=terminal, paid_at=paid_at, now=now,
             amount=amount, points_to_use=points_to_use, coupon_codes=coupon_codes, any_running=any_running,
+            entry_id=entry_id,
         )
 
 
@@ -511,8 +533,10 @@ def _purchase_earn(
     points_to_use: int,
     coupon_codes: list[str],
     any_running: bool,
+    entry_id: int,
 ) -> PurchaseResult:
-    """The rest of ``_purchase_record`` once the member's account is locked."""
+    """The rest of ``_purchase_record`` once the member's account is locked;
+    ``entry_id``: the primary key taken for the earn entry."""
     refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
     cash = Decimal("0.00")
     if points_to_use:
@@ -528,16 +552,22 @@ def _purchase_earn(
     )
     multiplier, earned = boost.multiplier, boost.earned
     pending = 0
+    writes: list[Write] = []  # the earn's rows, written by _purchase_finish's statement
     if earned > 0:
         pending_until = paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
+        # The key taken with the lock keeps the member's entries numbered in the
+        # order they were written only if no entry came since: points paying
+        # part of the bill wrote one (its key the sequence's next), so then the
+        # entry and lot are written at once, as every other credit's.
         earn_entry, lot = _credit(
-            account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until
+            account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until,
+            writes=None if points_to_use else (writes, entry_id),
         )
         pending = earned if lot is not None and lot.pending_until is not None else 0
-        notify_points_earned(earn_entry, lot=lot, member=member)
+        notify_points_earned(earn_entry, lot=lot, member=member, writes=writes)
     purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
     purchase.multiplier = multiplier
-    qualification = _purchase_finish(purchase, account, at=paid_at)
+    qualification = _purchase_finish(purchase, account, at=paid_at, writes=writes)
     new_tier = tier_upgrade_if_qualified(member=member, at=paid_at, qualification=qualification)
     if campaigns_after_purchase(purchase=purchase, at=paid_at, running=running):
         account.refresh_from_db()  # a first-purchase bonus was credited
@@ -587,38 +617,42 @@ def _coupons_write_off(codes: list[str], **kwargs: Any) -> list[dict[str, Any]]:
     return written
 
 
-# The purchase's points and the account's balances written, and the member's
-# qualifying spend read, in one statement (one round trip at the till). The
-# spend is read from the statement's snapshot, which has the purchase (inserted
-# before) and is not changed by these updates (they touch no amount).
-_PURCHASE_FINISH_SQL = "".join(
-    (
-        "WITH p AS (UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, "
-        "multiplier = %s WHERE id = %s RETURNING 1), a AS (",
-        _ACCOUNT_SAVE_SQL,
-        " RETURNING 1) SELECT (SELECT COUNT(*) FROM p), (SELECT COUNT(*) FROM a), q.* FROM (",
-        _QUALIFICATION_SQL,
-        ") q",
-    )
+_PURCHASE_POINTS_SQL = (
+    "UPDATE points_purchase SET points_earned = %s, points_used = %s, cash_paid_by_points = %s, multiplier = %s "
+    "WHERE id = %s RETURNING 1"
 )
 
 
-def _purchase_finish(purchase: Purchase, account: PointsAccount, *, at: datetime) -> Qualification:
-    """Save the purchase's points and ``account`` (as ``_save``); return the
-    member's qualification at ``at`` (as ``_qualification``)."""
+def _purchase_finish(
+    purchase: Purchase, account: PointsAccount, *, at: datetime, writes: list[Write] | None = None
+) -> Qualification:
+    """Save the purchase's points and ``account`` (as ``_save``), after
+    ``writes`` (the earn's entry, lot and message), and return the member's
+    qualification at ``at`` (as ``_qualification``): one statement, one round
+    trip at the till. The spend is read from the statement's snapshot, which
+    has the purchase (inserted before) and is not changed by these writes
+    (they touch no amount)."""
     account.updated_at = timezone.now()
-    with connection.cursor() as cursor:
-        execute(
-            cursor,
-            _PURCHASE_FINISH_SQL,
-            [
-                purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points, purchase.multiplier,
-                purchase.pk, account.balance, account.pending, account.debt, account.updated_at, account.member_id,
-                *_qualification_params(account.member_id, at),
-            ],
-        )
-        purchases, accounts, *qualification = cursor.fetchone()
-    if purchases != 1 or accounts != 1:  # as save(update_fields=...) would
+    found: dict[str, bool] = {}
+    saved = [
+        Write(
+            _PURCHASE_POINTS_SQL,
+            [purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points, purchase.multiplier,
+             purchase.pk],
+            ("1",),
+            lambda row: found.__setitem__("purchase", row is not None),
+        ),
+        Write(
+            _ACCOUNT_SAVE_SQL + " RETURNING 1",
+            [account.balance, account.pending, account.debt, account.updated_at, account.member_id],
+            ("1",),
+            lambda row: found.__setitem__("account", row is not None),
+        ),
+    ]
+    qualification = together(
+        [*(writes or ()), *saved], _QUALIFICATION_SQL, _qualification_params(account.member_id, at)
+    )
+    if not (found["purchase"] and found["account"]):  # as save(update_fields=...) would
         raise DatabaseError(f"purchase {purchase.pk} or the points account of member {account.member_id} not found")
     return _qualification_from(*qualification)
 

@@ -7,12 +7,23 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection, models
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 
 from campaigns.models import Coupon, CouponEvent
-from loyalty.sql import _prepared_text, execute, insert, insert_pair, select_one, select_one_with
+from loyalty.sql import (
+    Write,
+    _prepared_text,
+    execute,
+    insert,
+    insert_pair,
+    insert_write,
+    next_id_column,
+    select_one,
+    select_one_with,
+    together,
+)
 from members.models import Member, MemberToken, Terminal, TerminalAPIKey, Tier
 from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
 
@@ -165,6 +176,76 @@ def test_insert_pair_writes_a_row_and_its_child_in_one_statement(member: Member)
         insert_pair(PointsEntry, {}, PointsLot, "member", {})
 
 
+def test_together_writes_rows_that_point_to_each_other_and_reads_in_one_statement(member: Member, store: Any) -> None:
+    at = member.created_at
+    account = PointsAccount.objects.create(member=member, balance=0, pending=0, debt=0, updated_at=at)
+    _same, (entry_id,) = select_one_with(PointsAccount, extra=next_id_column(PointsEntry), member=member.pk)
+    updated: list[Any] = []
+    with CaptureQueriesContext(connection) as captured:
+        entry_write, entry = insert_write(
+            PointsEntry, id=entry_id, member_id=member.pk, kind="earn", points=30, balance_after=30,
+            source="purchase", created_at=at,
+        )
+        lot_write, lot = insert_write(
+            PointsLot, entry=entry, member_id=member.pk, original=30, remaining=30, earned_at=at, expires_at=at
+        )
+        account_write = Write(
+            "UPDATE points_pointsaccount SET balance = %s WHERE member_id = %s RETURNING balance",
+            [30, member.pk], ("balance",), updated.append,
+        )
+        row = together(
+            [entry_write, lot_write, account_write],
+            "SELECT balance, (SELECT COUNT(*) FROM points_pointsentry WHERE member_id = %s) FROM points_pointsaccount "
+            "WHERE member_id = %s",
+            [member.pk, member.pk],
+        )
+    assert len(captured) == 1
+    # The final read sees the database as before the statement; the writes are done.
+    assert row == (0, 0)
+    assert updated == [(30,)]
+    account.refresh_from_db()
+    assert account.balance == 30
+    assert entry.pk == entry_id
+    assert entry._state.adding is False
+    stored_lot = PointsLot.objects.get(pk=lot.pk)  # the lot's key came back from its RETURNING
+    assert stored_lot.entry_id == entry_id
+    assert lot._state.adding is False
+    assert PointsEntry.objects.get(pk=entry_id).points == 30
+    # The next entry the sequence gives comes after the one taken beforehand.
+    later = insert(PointsEntry, member_id=member.pk, kind="earn", points=1, balance_after=31, source="purchase",
+                   created_at=at)
+    assert later is not None
+    assert later.pk > entry_id
+
+
+def test_together_tells_a_write_that_returned_no_row_and_an_error_writes_nothing(member: Member, store: Any) -> None:
+    insert(Purchase, store=store, receipt_no="T-1", amount=Decimal("10"), member=member, paid_at=member.created_at)
+    again, purchase = insert_write(
+        Purchase, on_conflict_do_nothing=True, store=store, receipt_no="T-1", amount=Decimal("5"), member=member,
+        paid_at=member.created_at,
+    )
+    results: list[Any] = []
+    none_updated = Write("UPDATE points_purchase SET amount = 1 WHERE id = %s RETURNING 1", [-1], ("1",), results.append)
+    assert together([again, none_updated]) == ()
+    assert results == [None]  # no row: None, not a row of NULLs
+    assert purchase.pk is None
+    assert purchase._state.adding is True
+    assert Purchase.objects.get(receipt_no="T-1").amount == Decimal("10")
+    # A lot that breaks its check constraint: the statement fails whole.
+    bad, _lot = insert_write(
+        PointsLot, entry_id=1, member_id=member.pk, original=0, remaining=0, earned_at=member.created_at,
+        expires_at=member.created_at,
+    )
+    fresh, _purchase = insert_write(
+        Purchase, store=store, receipt_no="T-2", amount=Decimal("5"), member=member, paid_at=member.created_at
+    )
+    with pytest.raises(IntegrityError), transaction.atomic():
+        together([fresh, bad])
+    assert not Purchase.objects.filter(receipt_no="T-2").exists()
+    with pytest.raises(ValueError, match="at least one write"):
+        together([], "SELECT 1")
+
+
 def test_insert_on_conflict_returns_none_and_writes_nothing(member: Member, store: Any) -> None:
     first = insert(
         Purchase, store=store, receipt_no="R-2", amount=Decimal("10"), member=member, paid_at=member.created_at
@@ -271,8 +352,9 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     statements = [q["sql"] for q in captured.captured_queries]
     assert not [sql for sql in statements if "SAVEPOINT" in sql]
     # Once the member has an account: the key; BEGIN; the member; the purchase;
-    # the account lock with the campaign and webhook set-up; the entry with its
-    # lot; the message; the purchase's points with the balances; COMMIT.
+    # the account lock with the campaign and webhook set-up and the entry's key;
+    # the entry, its lot, the message, the purchase's points and the balances
+    # with the qualifying spend (one statement); COMMIT.
     with CaptureQueriesContext(connection) as captured:
         response = terminal_client.post(
             "/api/v1/terminal/purchases", {"member": code, "receipt_no": "S-1b", "amount": "12.00"}, format="json"
@@ -280,7 +362,7 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     assert response.status_code == 201, response.content
     statements = [q["sql"] for q in captured.captured_queries]
     # (then the message is sent: its own transaction, eager in tests)
-    assert statements.index("COMMIT") == 8, "\n".join(sql[:100] for sql in statements)
+    assert statements.index("COMMIT") == 6, "\n".join(sql[:100] for sql in statements)
     # and a purchase refused after its row was inserted (more points than the member has) leaves nothing
     from members.selectors import member_code_current
 

@@ -54,7 +54,7 @@ from django.utils.translation import gettext, ngettext
 from campaigns.channels import ChannelError, OutgoingMessage, RecipientUnavailable, channel_get
 from campaigns.models import Coupon, OutboxMessage
 from loyalty.handoff import Coalescer
-from loyalty.sql import execute
+from loyalty.sql import Write, execute
 from members.models import Member, Tier
 
 logger = logging.getLogger(__name__)
@@ -174,11 +174,13 @@ class _Row:
 _INSERT_COLUMNS = "member_id, kind, channel, dedupe_key, marketing, payload, status, attempts, next_attempt_at, last_error, created_at"
 
 
-def _insert(rows: list[_Row]) -> dict[str, tuple[int, datetime]]:
+def _insert(rows: list[_Row], writes: list[Write] | None = None) -> dict[str, tuple[int, datetime]]:
     """``INSERT … ON CONFLICT (dedupe_key) DO NOTHING``: one statement, no
     savepoint, and a key queued before (even by a concurrent transaction,
     which this waits for) adds nothing. Returns {dedupe key: (id, created_at)}
-    of the rows inserted; due pending ones are handed to workers after commit."""
+    of the rows inserted; due pending ones are handed to workers after commit.
+    With ``writes`` (one row) the insert is added to that list for the
+    caller's ``loyalty.sql.together`` statement instead, and {} is returned."""
     if not rows:
         return {}
     channel, now = _channel_name(), timezone.now()
@@ -202,12 +204,28 @@ def _insert(rows: list[_Row]) -> dict[str, tuple[int, datetime]]:
         f"INSERT INTO {OutboxMessage._meta.db_table} ({_INSERT_COLUMNS}) VALUES {values} "  # noqa: S608
         "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key, created_at"
     )
+    if writes is not None:
+        if len(rows) != 1:
+            raise ValueError("a message written with other rows is one message")
+
+        def done(inserted: tuple | None) -> None:
+            if inserted is not None:
+                _inserted(rows, {inserted[1]: (inserted[0], inserted[2])}, now)
+
+        writes.append(Write(sql, params, ("id", "dedupe_key", "created_at"), done))
+        return {}
     with connection.cursor() as cursor:
         if len(rows) == 1:  # the till's case: prepared (loyalty/sql.py)
             execute(cursor, sql, params)
         else:  # jobs: a statement of its own size, planned once
             cursor.execute(sql, params)
         inserted = {key: (pk, created_at) for pk, key, created_at in cursor.fetchall()}
+    _inserted(rows, inserted, now)
+    return inserted
+
+
+def _inserted(rows: list[_Row], inserted: dict[str, tuple[int, datetime]], now: datetime) -> None:
+    """After the insert: the due pending messages go to workers after commit."""
     due_now = [
         inserted[row.dedupe_key][0]
         for row in rows
@@ -215,7 +233,6 @@ def _insert(rows: list[_Row]) -> dict[str, tuple[int, datetime]]:
     ]
     if due_now:
         transaction.on_commit(lambda: _send_soon_gathered.add(due_now))
-    return inserted
 
 
 def message_enqueue(
@@ -226,6 +243,7 @@ def message_enqueue(
     dedupe_key: str,
     marketing: bool = False,
     at: datetime | None = None,
+    writes: list[Write] | None = None,
 ) -> OutboxMessage | None:
     """Queue one message for ``member``, to be sent at ``at`` (now by default)
     through ``LOYALTY_MESSAGE_CHANNEL``, once per ``dedupe_key``.
@@ -238,7 +256,8 @@ def message_enqueue(
     stored as ``skipped`` with the reason (checked on ``member`` as given, and
     again when sending); a marketing message due in quiet hours waits for
     their end. Raises ``ValueError`` for an unknown kind or an empty key or
-    one over 150 characters."""
+    one over 150 characters. With ``writes`` the insert is added to that list
+    for the caller's ``loyalty.sql.together`` statement and None is returned."""
     if kind not in Kind.values:
         raise ValueError(f"unknown message kind {kind!r}")
     if not dedupe_key or len(dedupe_key) > OutboxMessage._meta.get_field("dedupe_key").max_length:
@@ -257,7 +276,7 @@ def message_enqueue(
         status=Status.SKIPPED if reason else Status.PENDING,
         last_error=reason,
     )
-    inserted = _insert([row])
+    inserted = _insert([row], writes)
     if dedupe_key not in inserted:
         return None
     pk, created_at = inserted[dedupe_key]
@@ -529,13 +548,16 @@ def _render(kind: str, data: dict[str, Any]) -> str:
 _UNREAD = object()
 
 
-def notify_points_earned(source: Any, *, lot: Any = _UNREAD, member: Member | None = None) -> OutboxMessage | None:
+def notify_points_earned(
+    source: Any, *, lot: Any = _UNREAD, member: Member | None = None, writes: list[Write] | None = None
+) -> OutboxMessage | None:
     """The "you earned N points" message for a purchase (its earn entry) or for a credit
     entry (``earn``/``bonus``: claim, campaign, check-in…). Once per purchase,
     or per entry when the entry has no purchase. Nothing for a purchase
     without a member or without points. The till passes the entry's ``lot``
     (``None`` when the points all paid debt) and the ``member`` it holds, so
-    neither is read again."""
+    neither is read again. ``writes``: as ``message_enqueue``'s (the till's
+    purchase writes its entry, lot and message in one statement)."""
     from points.models import PointsEntry, PointsLot, Purchase
 
     if isinstance(source, Purchase):
@@ -577,7 +599,9 @@ def notify_points_earned(source: Any, *, lot: Any = _UNREAD, member: Member | No
         "earned_at": entry.created_at,
         "usable_from": _local_day(pending_until).isoformat() if pending_until else None,
     }
-    return message_enqueue(member=member, kind=Kind.POINTS_EARNED, payload=payload, dedupe_key=dedupe_key)
+    return message_enqueue(
+        member=member, kind=Kind.POINTS_EARNED, payload=payload, dedupe_key=dedupe_key, writes=writes
+    )
 
 
 def notify_tier_changed(
