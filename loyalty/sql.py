@@ -243,6 +243,7 @@ def select_one_with(
     extra_params: list[Any] | tuple[Any, ...] = (),
     related: tuple[str, ...] = (),
     for_update: bool = False,
+    before: Write | None = None,
     using: str = "default",
     **filters: Any,
 ) -> tuple[M | None, tuple[Any, ...]]:
@@ -250,7 +251,12 @@ def select_one_with(
     is a constant SQL list of expressions that may refer to the row as ``t0``
     (say, scalar subqueries keyed on ``t0.id``), with ``%s`` placeholders for
     ``extra_params``. Returns the instance (or None) and the extra values: one
-    round trip instead of two where a request needs a row and what hangs from it."""
+    round trip instead of two where a request needs a row and what hangs from it.
+
+    ``before``: a write (``insert_write``, say) made in the same statement, once
+    the row is read (and locked, with ``for_update``), as a statement of its own
+    just after would; its ``done`` gets what it returned, whether the row was
+    found or not (then the extra values are not read: ``()``)."""
     lock = " FOR NO KEY UPDATE OF t0" if for_update else ""
     plan = _select_plan(model, tuple(related), tuple((k, v is None) for k, v in filters.items()), lock, extra)
     connection = connections[using]
@@ -259,11 +265,28 @@ def select_one_with(
         for field, value in zip(plan.filters, (v for v in filters.values() if v is not None), strict=True)
     ]
     for field, value in zip(plan.filters, params, strict=True):
-        if isinstance(value, int) and not _in_range(field, value, connection):
+        if before is None and isinstance(value, int) and not _in_range(field, value, connection):
             return None, ()  # as the ORM: no row has it (rather than the database's out-of-range error)
+    sql, statement_params = plan.sql, [*extra_params, *params]  # the extra columns come before WHERE
+    if before is not None:
+        # Always one row, so the write's RETURNING comes back with or without the
+        # row; the row's subquery (and its lock) is evaluated before the write's.
+        returned = [f"(SELECT {column} FROM w)" for column in before.returning]  # noqa: S608
+        flag = ["EXISTS (SELECT FROM w)"] if before.returning else []
+        columns = ", ".join(["s.*", *returned, *flag])
+        # The caller's statement and the plan's SQL; values are parameters.
+        sql = f"WITH w AS ({before.sql}) SELECT {columns} FROM (VALUES (1)) one LEFT JOIN ({plan.sql}) s ON TRUE"  # noqa: S608
+        statement_params = [*before.params, *statement_params]
     with connection.cursor() as cursor:
-        execute(cursor, plan.sql, [*extra_params, *params])  # the extra columns come before WHERE
+        execute(cursor, sql, statement_params)
         row = cursor.fetchone()
+    if before is not None:
+        tail = len(before.returning) + (1 if before.returning else 0)
+        written, row = row[len(row) - tail :], row[: len(row) - tail]
+        if before.done is not None:
+            before.done((tuple(written[:-1]) if written[-1] else None) if before.returning else ())
+        if row[plan.parts[0].pk_index] is None:
+            row = None
     if row is None:
         return None, ()
     instances: list[Model | None] = []

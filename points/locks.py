@@ -11,7 +11,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import QuerySet
 
-from loyalty.sql import select_one_with
+from loyalty.sql import Write, select_one_with
 from members.models import Member
 from points.models import PointsAccount, Purchase
 
@@ -21,12 +21,19 @@ def account_lock(member: Member) -> PointsAccount:
     return account_lock_with(member)[0]
 
 
-def account_lock_with(member: Member, extra: str = "", extra_params: list[Any] | None = None) -> tuple[PointsAccount, tuple]:
+def account_lock_with(
+    member: Member, extra: str = "", extra_params: list[Any] | None = None, *, before: Write | None = None
+) -> tuple[PointsAccount, tuple]:
     """``account_lock``, reading ``extra`` columns (constant SQL with ``%s``
     placeholders for ``extra_params``) in the same statement: what the caller
-    would otherwise ask in a round trip of its own (``loyalty.sql.select_one_with``)."""
+    would otherwise ask in a round trip of its own (``loyalty.sql.select_one_with``).
+    ``before``: a write made in that statement once the account is locked (the
+    till's purchase row: lock order account → purchase), run once whether the
+    account existed or not."""
     params = extra_params or []
-    account, values = select_one_with(PointsAccount, extra=extra, extra_params=params, for_update=True, member=member.pk)
+    account, values = select_one_with(
+        PointsAccount, extra=extra, extra_params=params, for_update=True, before=before, member=member.pk
+    )
     if account is not None:
         return account, values
     with connection.cursor() as cursor:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
@@ -495,22 +495,30 @@ def _purchase_record(
         return PurchaseResult(purchase, balance=0, spendable=0, points_pending=0, tier=None, tier_changed=False)
 
     tier = member.tier
-    purchase = _purchase_insert(
-        store=store, terminal=terminal, receipt_no=receipt_no, amount=amount, paid_at=paid_at, lines=lines,
-        member=member, tier=tier, code_step=identified.code_step, offline=identified.offline,
-    )
-    _member_can_earn(member)
-    # The lock also reads what the rest asks of the programme's set-up (any
-    # campaign running, the webhooks of ledger changes): one round trip for three.
-    # The earn entry's key is taken there too, for the purchase's last
-    # statement, which writes the entry with its lot and message (_purchase_finish).
+    # One statement locks the member's account (lock order: account, then the
+    # purchase), inserts the purchase, and reads what the rest asks of the
+    # programme's set-up (any campaign running, the webhooks of ledger
+    # changes) with the key of the earn entry, which the purchase's last
+    # statement writes with its lot and message (_purchase_finish).
+    fields = {
+        "store": store, "terminal": terminal, "receipt_no": receipt_no, "amount": amount, "paid_at": paid_at,
+        "lines": lines or [], "member": member, "tier": tier, "code_step": identified.code_step,
+        "offline": identified.offline,
+    }
+    write, purchase = insert_write(Purchase, on_conflict_do_nothing=True, **fields)
     campaigns_sql, campaigns_params = purchase_campaigns_column(paid_at)
     webhooks_sql, webhooks_params = subscribed_column(POINTS_CHANGED)
     account, (any_running, subscribed, entry_id) = account_lock_with(
         member,
         f"{campaigns_sql}, {webhooks_sql}, {next_id_column(PointsEntry)}",
         [*campaigns_params, *webhooks_params],
+        before=write,
     )
+    if purchase.pk is None:
+        _purchase_conflict(fields)
+    # The receipt (a till's retry learns its purchase was recorded) before the
+    # member's state; an error rolls the insert back with everything else.
+    _member_can_earn(member)
     with subscriptions_known({POINTS_CHANGED: subscribed}):
         return _purchase_earn(
             purchase, account, member=member, tier=tier, store=store, terminal=terminal, paid_at=paid_at, now=now,
@@ -669,8 +677,13 @@ def _purchase_insert(**fields: Any) -> Purchase:
     ON CONFLICT rather than a savepoint around the insert: two statements fewer."""
     fields["lines"] = fields.get("lines") or []
     purchase = insert(Purchase, on_conflict_do_nothing=True, **fields)
-    if purchase is not None:
-        return purchase
+    if purchase is None:
+        _purchase_conflict(fields)
+    return purchase
+
+
+def _purchase_conflict(fields: dict[str, Any]) -> NoReturn:
+    """Raise for a purchase the insert did not write (``ON CONFLICT DO NOTHING``)."""
     if _receipt_exists(fields["store"], fields["receipt_no"]):
         raise DuplicateReceipt(receipt_no=fields["receipt_no"])
     if fields.get("code_step") is not None and Purchase.objects.filter(

@@ -218,6 +218,39 @@ def test_together_writes_rows_that_point_to_each_other_and_reads_in_one_statemen
     assert later.pk > entry_id
 
 
+def test_select_one_with_a_write_before_runs_it_once_whether_the_row_is_found_or_not(member: Member, store: Any) -> None:
+    def purchase_write(receipt_no: str) -> tuple[Write, Purchase]:
+        return insert_write(
+            Purchase, on_conflict_do_nothing=True, store=store, receipt_no=receipt_no, amount=Decimal("10"),
+            member=member, paid_at=member.created_at,
+        )
+
+    # no account: the write still runs and says what it wrote
+    write, purchase = purchase_write("B-1")
+    with CaptureQueriesContext(connection) as captured:
+        found = select_one_with(PointsAccount, extra="1 + %s", extra_params=[1], for_update=True, before=write,
+                                member=member.pk)
+    assert len(captured) == 1
+    assert found == (None, ())
+    assert purchase.pk == Purchase.objects.get(receipt_no="B-1").pk
+    # the account found, locked, its extra columns read, and the write made once
+    PointsAccount.objects.create(member=member, balance=7, pending=0, debt=0, updated_at=member.created_at)
+    write, purchase = purchase_write("B-2")
+    account, extra = select_one_with(PointsAccount, extra="1 + %s", extra_params=[1], for_update=True, before=write,
+                                     member=member.pk)
+    assert account is not None
+    assert (account.balance, extra) == (7, (2,))
+    assert Purchase.objects.filter(receipt_no="B-2").count() == 1
+    assert purchase.pk == Purchase.objects.get(receipt_no="B-2").pk
+    # a write that writes nothing (the receipt is taken) comes back as None
+    write, purchase = purchase_write("B-2")
+    account, extra = select_one_with(PointsAccount, extra="1 + %s", extra_params=[1], for_update=True, before=write,
+                                     member=member.pk)
+    assert account is not None
+    assert purchase.pk is None
+    assert Purchase.objects.filter(receipt_no="B-2").count() == 1
+
+
 def test_together_tells_a_write_that_returned_no_row_and_an_error_writes_nothing(member: Member, store: Any) -> None:
     insert(Purchase, store=store, receipt_no="T-1", amount=Decimal("10"), member=member, paid_at=member.created_at)
     again, purchase = insert_write(
@@ -351,10 +384,11 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     assert response.status_code == 201, response.content
     statements = [q["sql"] for q in captured.captured_queries]
     assert not [sql for sql in statements if "SAVEPOINT" in sql]
-    # Once the member has an account: the key; BEGIN; the member; the purchase;
-    # the account lock with the campaign and webhook set-up and the entry's key;
-    # the entry, its lot, the message, the purchase's points and the balances
-    # with the qualifying spend (one statement); COMMIT.
+    # Once the member has an account: the key; BEGIN; the member; the account
+    # lock with the purchase's insert, the campaign and webhook set-up and the
+    # entry's key (one statement); the entry, its lot, the message, the
+    # purchase's points and the balances with the qualifying spend (one
+    # statement); COMMIT.
     with CaptureQueriesContext(connection) as captured:
         response = terminal_client.post(
             "/api/v1/terminal/purchases", {"member": code, "receipt_no": "S-1b", "amount": "12.00"}, format="json"
@@ -362,7 +396,7 @@ def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member:
     assert response.status_code == 201, response.content
     statements = [q["sql"] for q in captured.captured_queries]
     # (then the message is sent: its own transaction, eager in tests)
-    assert statements.index("COMMIT") == 6, "\n".join(sql[:100] for sql in statements)
+    assert statements.index("COMMIT") == 5, "\n".join(sql[:100] for sql in statements)
     # and a purchase refused after its row was inserted (more points than the member has) leaves nothing
     from members.selectors import member_code_current
 

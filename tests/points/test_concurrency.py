@@ -172,9 +172,15 @@ def test_concurrent_purchases_paying_with_the_last_points_succeed_exactly_once(s
 # -----------------------------------------------------------------------------
 # (b) One receipt number at one store
 # -----------------------------------------------------------------------------
-def test_concurrent_purchases_with_one_receipt_number_record_one(shop):
-    # given 32 members at 32 tills of one store (so no account lock serialises them)
+@pytest.mark.parametrize("with_accounts", [False, True], ids=["first-purchases", "accounts-exist"])
+def test_concurrent_purchases_with_one_receipt_number_record_one(shop, with_accounts):
+    # given 32 members at 32 tills of one store (so no account lock serialises them),
+    # without points accounts yet or with them (the purchase's insert then shares
+    # the account lock's statement)
     members = [_enrol(shop, index) for index in range(THREADS)]
+    if with_accounts:
+        for member in members:
+            PointsAccount.objects.create(member=member, balance=0, pending=0, debt=0, updated_at=timezone.now())
     tills = [terminal_create(store=shop, name=f"till-{index}")[0] for index in range(THREADS)]
 
     def buy(member: Member, till: Terminal) -> Callable[[], Any]:
@@ -198,6 +204,27 @@ def test_concurrent_purchases_with_one_receipt_number_record_one(shop):
     assert (purchase.store_id, purchase.receipt_no, purchase.amount) == (shop.pk, "R-0001", Decimal("88.80"))
     assert list(PointsEntry.objects.values_list("member_id", "kind", "points")) == [(purchase.member_id, "earn", 88)]
     assert PointsAccount.objects.filter(balance__gt=0).count() == 1
+    _ledger_ok()
+
+
+def test_a_tills_concurrent_retries_of_one_receipt_record_it_once(shop):
+    # given a member with points and a till that sends the same purchase 32 times at once
+    member = _enrol(shop)
+    points_credit(member=member, points=10, kind=PointsEntry.Kind.ADJUST, refs=Refs(source=PointsEntry.Source.OPERATOR))
+    till = terminal_create(store=shop, name="till")[0]
+
+    def call() -> Any:
+        return purchase_record(
+            store=shop, terminal=till, receipt_no="R-0002", amount=Decimal("50.00"),
+            identified=IdentifiedMember(member=member, code_step=None),
+        )
+
+    outcomes = _run_together([call] * THREADS)
+    # then one purchase, every retry told duplicate_receipt, no deadlock, one earn
+    assert _kinds(outcomes) == {"PurchaseResult": 1, "DuplicateReceipt": THREADS - 1}
+    assert Purchase.objects.filter(receipt_no="R-0002").count() == 1
+    assert _balance(member) == 10 + 50
+    assert PointsEntry.objects.filter(member=member, kind=PointsEntry.Kind.EARN).count() == 1
     _ledger_ok()
 
 
