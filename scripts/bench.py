@@ -1305,10 +1305,28 @@ def cpu_figures(floor: dict | None, ident: dict | None, purchase: dict | None) -
     return figures
 
 
+# The floor is measured before identify, between identify and purchase, and
+# after purchase: a path's ratio is to the mean of the floors on either side of
+# it, so a machine whose speed drifts from one half minute to the next (this
+# one's did by ±10%) moves the path and its floor together.
+FLOOR_RUNS = ("floor", "floor_between", "floor_after")
+
+
+def floor_around(r: dict[str, Any], before: str, after: str) -> float | None:
+    """The mean requests/s of the floor runs ``before`` and ``after`` a path
+    (either alone when the other is missing; the first floor run when both are)."""
+    rates = [(r.get(name) or {}).get("rps") for name in (before, after)]
+    rates = [rate for rate in rates if rate]
+    if not rates:
+        return (r.get("floor") or {}).get("rps")
+    return sum(rates) / len(rates)
+
+
 def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     g = r.get
     floor = (g("floor") or {}).get("rps")
     tps = (g("pgbench") or {}).get("tps")
+    floors = [f"{g(name)['rps']:,.0f}" for name in FLOOR_RUNS if g(name)]
     figures = [
         figure("pgbench TPC-B-like (c=8, j=2)", tps, "baseline", None, "tps"),
         figure(
@@ -1317,13 +1335,16 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             "baseline",
             None,
             "req/s",
-            f"p99 {g('floor')['p99_ms']} ms" if g("floor") else "",
+            (f"p99 {g('floor')['p99_ms']} ms; runs before, between and after the paths: {' / '.join(floors)} req/s")
+            if g("floor")
+            else "",
         ),
     ]
 
     ident, ident_half, q = g("identify"), g("identify_half"), g("queries") or {}
-    if ident and floor:
-        ratio = ident["rps"] / floor
+    ident_floor = floor_around(r, "floor", "floor_between")
+    if ident and ident_floor:
+        ratio = ident["rps"] / ident_floor
         figures.append(
             figure(
                 "identify throughput",
@@ -1331,7 +1352,7 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
                 "≥ 0.70 × floor, 0 errors",
                 ratio >= 0.70 and ident["errors"] == 0,
                 "× floor",
-                f"{ident['rps']:,.0f} req/s, {ident['errors']} errors",
+                f"{ident['rps']:,.0f} req/s, {ident['errors']} errors; floor around it {ident_floor:,.0f} req/s",
             )
         )
     else:
@@ -1350,9 +1371,10 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     figures.append(figure("identify SQL queries", iq, "≤ 3", iq is not None and iq <= 3, "per request"))
 
     purchase, purchase_half = g("purchase"), g("purchase_half")
-    if purchase and floor:
-        ratio = purchase["rps"] / floor
-        detail = f"{purchase['rps']:,.0f} req/s, {purchase['errors']} errors"
+    purchase_floor = floor_around(r, "floor_between", "floor_after")
+    if purchase and purchase_floor:
+        ratio = purchase["rps"] / purchase_floor
+        detail = f"{purchase['rps']:,.0f} req/s, {purchase['errors']} errors; floor around it {purchase_floor:,.0f} req/s"
         if tps:
             detail += f", {purchase['rps'] / tps:.2f} × pgbench tps"
         figures.append(
@@ -1723,6 +1745,10 @@ def run(scale_name: str) -> int:
                     data_file=codes_file,
                     duration=duration,
                 )
+            r["floor_between"] = step(
+                "floor again, between identify and purchase (wrk)", wrk, server, "floor", keys_file,
+                duration=duration, connections=conns,
+            )
             run_id = f"W{stamp[-6:]}"
             r["purchase"] = step(
                 "purchase with earn at full load (wrk)",
@@ -1733,6 +1759,10 @@ def run(scale_name: str) -> int:
                 data_file=work / "codes_purchase_max.txt",
                 run_id=f"{run_id}a",
                 duration=duration,
+                connections=conns,
+            )
+            r["floor_after"] = step(
+                "floor again, after purchase (wrk)", wrk, server, "floor", keys_file, duration=duration,
                 connections=conns,
             )
             if r["purchase"]:

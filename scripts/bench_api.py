@@ -69,10 +69,12 @@ def main() -> int:
         ident = {"data_file": out / "identify.txt", "duration": duration}
         r["identify"] = bench.wrk(server, "identify", keys_file, connections=conns, **ident)
         r["identify_half"] = bench.wrk_paced(server, "identify", keys_file, r["identify"]["rps"] / 2, **ident)
+        r["floor_between"] = bench.wrk(server, "floor", keys_file, duration=duration, connections=conns)
         r["purchase"] = bench.wrk(
             server, "purchase", keys_file, data_file=out / "purchase_max.txt", run_id=f"{run_id}a",
             duration=duration, connections=conns,
         )
+        r["floor_after"] = bench.wrk(server, "floor", keys_file, duration=duration, connections=conns)
         r["purchase_half"] = bench.wrk_paced(
             server, "purchase", keys_file, r["purchase"]["rps"] / 2, data_file=out / "purchase_half.txt",
             run_id=f"{run_id}b", duration=duration,

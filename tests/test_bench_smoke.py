@@ -70,6 +70,30 @@ def test_report_lists_every_target_and_marks_what_was_not_measured(capsys):
     assert "coupon write-off race" in capsys.readouterr().out
 
 
+def test_each_path_is_judged_against_the_floors_measured_on_either_side_of_it():
+    # given a machine whose floor drifted from 400 to 600 req/s over the run
+    bench = _bench()
+    run = {
+        "floor": {"rps": 400.0, "p99_ms": 50.0},
+        "identify": {"rps": 350.0, "errors": 0},
+        "floor_between": {"rps": 500.0, "p99_ms": 40.0},
+        "purchase": {"rps": 210.0, "errors": 0},
+        "floor_after": {"rps": 600.0, "p99_ms": 30.0},
+    }
+    by_name = {f["figure"]: f for f in bench.build_figures(run)}
+    # then identify is compared with the mean of the floors before and after it (450),
+    # the purchase with those around it (550)
+    assert by_name["identify throughput"]["value"] == round(350 / 450, 2)
+    assert by_name["identify throughput"]["status"] == "pass"
+    assert by_name["purchase with earn throughput"]["value"] == round(210 / 550, 2)
+    assert by_name["purchase with earn throughput"]["status"] == "FAIL"
+    assert "400 / 500 / 600" in by_name["floor: GET one row by pk"]["detail"]
+    # and a run without the later floors falls back to the first
+    del run["floor_between"], run["floor_after"]
+    by_name = {f["figure"]: f for f in bench.build_figures(run)}
+    assert by_name["purchase with earn throughput"]["value"] == round(210 / 400, 2)
+
+
 def test_cpu_figures_give_each_process_and_the_purchase_budget_of_the_ratio_target():
     # given CPU per request by process at full load, as wrk() records it
     bench = _bench()
