@@ -264,6 +264,8 @@ def select_one_with(
         field.get_db_prep_value(value, connection)
         for field, value in zip(plan.filters, (v for v in filters.values() if v is not None), strict=True)
     ]
+    # (With ``before`` the statement runs anyway: the write must be made; the
+    # database then refuses an out-of-range value with its own error.)
     for field, value in zip(plan.filters, params, strict=True):
         if before is None and isinstance(value, int) and not _in_range(field, value, connection):
             return None, ()  # as the ORM: no row has it (rather than the database's out-of-range error)
@@ -271,9 +273,7 @@ def select_one_with(
     if before is not None:
         # Always one row, so the write's RETURNING comes back with or without the
         # row; the row's subquery (and its lock) is evaluated before the write's.
-        returned = [f"(SELECT {column} FROM w)" for column in before.returning]  # noqa: S608
-        flag = ["EXISTS (SELECT FROM w)"] if before.returning else []
-        columns = ", ".join(["s.*", *returned, *flag])
+        columns = ", ".join(["s.*", *_returning_columns("w", before)])
         # The caller's statement and the plan's SQL; values are parameters.
         sql = f"WITH w AS ({before.sql}) SELECT {columns} FROM (VALUES (1)) one LEFT JOIN ({plan.sql}) s ON TRUE"  # noqa: S608
         statement_params = [*before.params, *statement_params]
@@ -281,12 +281,9 @@ def select_one_with(
         execute(cursor, sql, statement_params)
         row = cursor.fetchone()
     if before is not None:
-        tail = len(before.returning) + (1 if before.returning else 0)
-        written, row = row[len(row) - tail :], row[: len(row) - tail]
-        if before.done is not None:
-            before.done((tuple(written[:-1]) if written[-1] else None) if before.returning else ())
-        if row[plan.parts[0].pk_index] is None:
-            row = None
+        end = len(row) - len(_returning_columns("w", before))
+        _write_done(before, row[end:])
+        row = row[:end] if row[plan.parts[0].pk_index] is not None else None
     if row is None:
         return None, ()
     instances: list[Model | None] = []
@@ -405,26 +402,38 @@ def together(writes: list[Write], select: str = "", select_params: list[Any] | N
         raise ValueError("together needs at least one write")
     # The callers' own statements and column names; values are parameters.
     ctes = ", ".join(f"w{i} AS ({write.sql})" for i, write in enumerate(writes))
-    returned = [f"(SELECT {column} FROM w{i})" for i, write in enumerate(writes) for column in write.returning]  # noqa: S608
-    found = [f"EXISTS (SELECT FROM w{i})" for i, write in enumerate(writes) if write.returning]
-    columns = ", ".join([*returned, *found, "q.*" if select else "1"])
+    returned = [_returning_columns(f"w{i}", write) for i, write in enumerate(writes)]
+    columns = ", ".join([*(column for part in returned for column in part), "q.*" if select else "1"])
     sql = f"WITH {ctes} SELECT {columns}" + (f" FROM ({select}) q" if select else "")  # noqa: S608
     params = [value for write in writes for value in write.params] + list(select_params or ())
     with connections[using].cursor() as cursor:
         execute(cursor, sql, params)
         row = cursor.fetchone()
-    position, flags = 0, len(returned)
-    for write in writes:
-        if not write.returning:
-            if write.done is not None:
-                write.done(())
-            continue
-        values = row[position : position + len(write.returning)]
-        position += len(write.returning)
-        if write.done is not None:
-            write.done(tuple(values) if row[flags] else None)
-        flags += 1
-    return tuple(row[len(returned) + len(found) :]) if select else ()
+    position = 0
+    for write, part in zip(writes, returned, strict=True):
+        _write_done(write, row[position : position + len(part)])
+        position += len(part)
+    return tuple(row[position:]) if select else ()
+
+
+def _returning_columns(alias: str, write: Write) -> list[str]:
+    """Columns of a statement that read ``write``'s ``RETURNING`` from its CTE
+    ``alias``: the values, then whether it returned a row (none without RETURNING)."""
+    if not write.returning:
+        return []
+    # The caller's column names; no values interpolated.
+    return [*(f"(SELECT {column} FROM {alias})" for column in write.returning), f"EXISTS (SELECT FROM {alias})"]  # noqa: S608
+
+
+def _write_done(write: Write, values: tuple) -> None:
+    """Give ``write.done`` what ``_returning_columns`` read: its values, None
+    when it returned no row, ``()`` when it has no RETURNING."""
+    if write.done is None:
+        return
+    if not write.returning:
+        write.done(())
+    else:
+        write.done(tuple(values[:-1]) if values[-1] else None)
 
 
 def next_id_column(model: type[Model]) -> str:
