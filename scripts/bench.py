@@ -443,11 +443,16 @@ def template_copy(scale_name: str) -> dict[str, Any]:
         raise SystemExit(f"BENCH_FROM_TEMPLATE=1: no kept {TEMPLATE_DB} (make bench BENCH_KEEP_TEMPLATE=1 keeps one)")
     if kept.get("scale") != scale_name:
         raise SystemExit(f"BENCH_FROM_TEMPLATE=1: {TEMPLATE_DB} holds SCALE={kept.get('scale')}, not {scale_name}")
+    database_copy(TEMPLATE_DB)
+    return kept
+
+
+def database_copy(template: str) -> None:
+    """``loyalty_bench`` re-created as a copy of ``template``."""
     started = time.monotonic()
     database_drop(BENCH_DB)
-    admin_sql(f'CREATE DATABASE "{BENCH_DB}" TEMPLATE "{TEMPLATE_DB}" STRATEGY FILE_COPY')
-    log(f"  {BENCH_DB} copied from {TEMPLATE_DB} in {time.monotonic() - started:.1f} s")
-    return kept
+    admin_sql(f'CREATE DATABASE "{BENCH_DB}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+    log(f"  {BENCH_DB} copied from {template} in {time.monotonic() - started:.1f} s")
 
 
 def foreign_keys_check() -> dict[str, int]:

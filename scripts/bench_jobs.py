@@ -40,9 +40,7 @@ def main() -> int:
     env = bench.bench_env("bench-" + secrets.token_hex(32))
     os.environ.update(env)
     started = time.monotonic()
-    bench.database_drop(bench.BENCH_DB)
-    bench.admin_sql(f'CREATE DATABASE "{bench.BENCH_DB}" TEMPLATE "{template}" STRATEGY FILE_COPY')
-    bench.log(f"{bench.BENCH_DB} copied from {template} in {time.monotonic() - started:.1f} s")
+    bench.database_copy(template)
     import django
 
     django.setup()
