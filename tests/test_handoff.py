@@ -87,26 +87,39 @@ def test_a_failing_send_is_logged_and_the_next_window_still_runs(caplog: pytest.
 
 
 @override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=30, CELERY_TASK_ALWAYS_EAGER=False)
-def test_a_forked_child_does_not_count_on_the_parents_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_forked_child_does_not_count_on_the_parents_sender(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     recorder = Recorder()
     coalescer = Coalescer("fork", recorder)
-    coalescer.add([1])  # the parent's timer is pending
-    parent_timer = coalescer._timer
-    monkeypatch.setattr(os, "getpid", lambda: -1)  # as seen from a child after fork
+    coalescer.add([1])  # the parent's sender waits out the window
+    parent_sender = coalescer._thread
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as seen from a child after fork (its threads are gone)
     coalescer.add([2])
-    assert coalescer._timer is not parent_timer  # the child started its own
+    assert coalescer._thread is not parent_sender  # the child started its own
+    assert coalescer._thread.is_alive()
     assert coalescer._ids == [2]  # the parent's ids are the parent's to send
-    coalescer._timer.cancel()
-    parent_timer.cancel()
     coalescer.flush()
     assert recorder.calls[-1][0] == [2]
 
 
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_one_sender_thread_serves_every_window() -> None:
+    """A thread per window cost each hand-off Celery's per-thread set-up again."""
+    recorder = Recorder()
+    coalescer = Coalescer("reused", recorder)
+    for n in range(3):
+        recorder.done.clear()
+        coalescer.add([n])
+        assert recorder.done.wait(5)
+    assert [ids for ids, _thread in recorder.calls] == [[0], [1], [2]]
+    assert {thread for _ids, thread in recorder.calls} == {"handoff-reused"}
+    assert len([t for t in threading.enumerate() if t.name == "handoff-reused"]) == 1
+
+
 @override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=30, CELERY_TASK_ALWAYS_EAGER=False)
 def test_inside_a_celery_task_hands_off_at_once() -> None:
-    """A worker's child process may exit (os._exit) before a timer fires."""
+    """A worker's child process may exit (os._exit) before a window closes."""
     from celery import shared_task
 
     recorder = Recorder()
@@ -131,7 +144,7 @@ def test_a_hanging_send_holds_one_thread_and_what_came_meanwhile_goes_out_next()
         if len(calls) == 1:
             release.wait(5)
 
-    coalescer = Coalescer("slow", slow_send)
+    coalescer = Coalescer("hanging", slow_send)
     coalescer.add([1])
     deadline = time.monotonic() + 5
     while not calls and time.monotonic() < deadline:
@@ -139,7 +152,7 @@ def test_a_hanging_send_holds_one_thread_and_what_came_meanwhile_goes_out_next()
     for n in range(2, 12):  # ten more windows' worth while the first send hangs
         coalescer.add([n])
         time.sleep(0.02)
-    running = [t for t in threading.enumerate() if t.name == "handoff-slow"]
+    running = [t for t in threading.enumerate() if t.name == "handoff-hanging"]
     assert len(running) == 1
     assert calls == [[1]]
     release.set()
@@ -178,7 +191,7 @@ def test_adds_from_many_threads_are_each_handed_off_once() -> None:
 @override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
 def test_a_flush_waits_for_the_send_in_flight() -> None:
     """flush_all() (at exit; tests) returns only when everything added before
-    it is handed off, even when the timer took it and is still sending."""
+    it is handed off, even when the sender thread took it and is still sending."""
     from loyalty.handoff import flush_all
 
     sending, release, finished = threading.Event(), threading.Event(), []
@@ -190,7 +203,7 @@ def test_a_flush_waits_for_the_send_in_flight() -> None:
 
     coalescer = Coalescer("slow", slow)
     coalescer.add([7])
-    assert sending.wait(5)  # the timer's send is in flight
+    assert sending.wait(5)  # the sender thread's send is in flight
     threading.Timer(0.3, release.set).start()
     started = time.monotonic()
     flush_all()
