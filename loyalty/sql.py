@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Model
+from django.db.models import CharField, Field, Model, TextField
 
 M = TypeVar("M", bound=Model)
 
@@ -364,6 +364,83 @@ class Write:
     done: Any = None  # Callable[[tuple | None], None]
 
 
+_INTEGER_TYPES = frozenset(
+    {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField", "SmallIntegerField",
+     "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField"}
+)
+
+
+@lru_cache(maxsize=128)
+def _plain_types(model: type[Model], fields: tuple[Any, ...]) -> tuple[tuple[type, ...], ...]:
+    """Per field, the Python types its database preparation passes through
+    unchanged: ``int`` for an integer column (a foreign key to one too), ``str``
+    for ``CharField``/``TextField``; none for every other field."""
+    kinds = []
+    for f in fields:
+        target = f.target_field if f.is_relation else f
+        internal = target.get_internal_type()
+        if internal in _INTEGER_TYPES:
+            kinds.append((int,))
+        elif (
+            internal in ("CharField", "TextField")
+            and type(target).get_db_prep_value is Field.get_db_prep_value
+            and type(target).get_prep_value in (CharField.get_prep_value, TextField.get_prep_value)
+        ):
+            kinds.append((str,))
+        else:
+            kinds.append(())
+    return tuple(kinds)
+
+
+@lru_cache(maxsize=128)
+def _init_plan(model: type[Model]) -> tuple[dict[str, tuple[int, Any]], tuple[Any, ...]]:
+    """How ``_new_instance`` places a keyword: its field's position among the
+    model's concrete fields, and the field when the keyword is a foreign key's
+    name (a related object) rather than its column's attribute (an id)."""
+    fields = tuple(model._meta.concrete_fields)
+    places: dict[str, tuple[int, Any]] = {}
+    for i, f in enumerate(fields):
+        places[f.attname] = (i, None)
+        if f.is_relation and f.name != f.attname:
+            places[f.name] = (i, f)
+        if f is model._meta.pk:
+            places["pk"] = (i, None)
+    return places, fields
+
+
+def _new_instance(model: type[M], values: dict[str, Any]) -> M:
+    """``model(**values)`` for concrete fields and ``pk``, with the same
+    defaults and related-object caching, built through the positional
+    constructor (the path ``from_db`` takes): 14 µs → about 5 µs for an entry,
+    three or four times per purchase. Any other keyword goes to the ordinary
+    constructor."""
+    places, fields = _init_plan(model)
+    if not all(key in places for key in values):
+        return model(**values)
+    args: list[Any] = [_MISSING] * len(fields)
+    related: list[tuple[Any, Any]] = []
+    for key, value in values.items():
+        index, relation = places[key]
+        if relation is not None and value is not None:
+            if not isinstance(value, relation.remote_field.model):
+                raise ValueError(f'"{relation.name}" must be a {relation.remote_field.model.__name__} instance.')
+            related.append((relation, value))
+            value = getattr(value, relation.target_field.attname)
+            if value is None:
+                raise ValueError(f"{relation.name}: an unsaved related object cannot be written")
+        args[index] = value
+    for i, f in enumerate(fields):
+        if args[i] is _MISSING:
+            args[i] = f.get_default()
+    instance = model(*args)
+    for relation, value in related:
+        relation.set_cached_value(instance, value)
+    return instance
+
+
+_MISSING = object()
+
+
 def insert_write(
     model: type[M], *, on_conflict_do_nothing: bool = False, using: str = "default", **values: Any
 ) -> tuple[Write, M]:
@@ -377,8 +454,14 @@ def insert_write(
             raise ValueError("on_conflict_do_nothing needs an auto primary key to tell a conflict")
         sql = sql.replace(" RETURNING ", " ON CONFLICT DO NOTHING RETURNING ", 1)
     connection = connections[using]
-    instance = model(**values)
-    params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    instance = _new_instance(model, values)
+    plain = _plain_types(model, fields)
+    params = []
+    for field, kinds in zip(fields, plain, strict=True):
+        value = field.pre_save(instance, True)
+        # An int for an integer column, a str for a text one: what the field's
+        # preparation would return unchanged (2–3 µs each, 14 per entry).
+        params.append(value if type(value) in kinds else field.get_db_prep_save(value, connection))
     returning = (_quote(pk.column),) if model._meta.auto_field is not None else ()
 
     def done(row: tuple | None) -> None:
@@ -483,7 +566,13 @@ def insert_pair(
     connection = connections[using]
     instance = model(**values)
     child_instance = child(**child_values)
-    params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    plain = _plain_types(model, fields)
+    params = []
+    for field, kinds in zip(fields, plain, strict=True):
+        value = field.pre_save(instance, True)
+        # An int for an integer column, a str for a text one: what the field's
+        # preparation would return unchanged (2–3 µs each, 14 per entry).
+        params.append(value if type(value) in kinds else field.get_db_prep_save(value, connection))
     params += [field.get_db_prep_save(field.pre_save(child_instance, True), connection) for field in child_fields]
     with connection.cursor() as cursor:
         execute(cursor, sql, params)

@@ -153,6 +153,39 @@ def test_insert_equals_create_with_defaults_and_auto_now(member: Member, store: 
     assert purchase._state.adding is False
 
 
+def test_insert_write_builds_the_instance_and_parameters_as_the_model_and_its_fields_would(
+    member: Member, store: Any
+) -> None:
+    """insert_write's own constructor and its pass-through of plain ints and
+    strings give what Model(**values) and each field's preparation give."""
+    values = {
+        "store": store, "receipt_no": "R-9", "amount": Decimal("12.30"), "member": member,
+        "paid_at": member.created_at, "points_earned": 7, "lines": [{"sku": "A"}],
+    }
+    write, instance = insert_write(Purchase, **values)
+    expected = Purchase(**values)
+    assert {k: v for k, v in _fields(instance).items() if k != "created_at"} == {
+        k: v for k, v in _fields(expected).items() if k != "created_at"
+    }
+    assert instance.member is member  # related objects cached, as the constructor does
+    assert instance.store is store
+    fields = [f for f in Purchase._meta.local_concrete_fields if f is not Purchase._meta.auto_field]
+    prepared = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    stamped = [i for i, f in enumerate(fields) if getattr(f, "auto_now_add", False)]  # "now" at each call
+    assert stamped
+    assert [str(v) for i, v in enumerate(write.params) if i not in stamped] == [
+        str(v) for i, v in enumerate(prepared) if i not in stamped
+    ]
+    unsaved = Member(member_no="X")
+    with pytest.raises(ValueError, match="unsaved"):
+        insert_write(Purchase, **{**values, "member": unsaved})
+    with pytest.raises(ValueError, match="must be a Member instance"):
+        insert_write(Purchase, **{**values, "member": store})
+    # A keyword that is not a concrete field goes to the model's own constructor.
+    with pytest.raises(TypeError):
+        insert_write(Purchase, **{**values, "no_such_field": 1})
+
+
 def test_insert_pair_writes_a_row_and_its_child_in_one_statement(member: Member) -> None:
     at = member.created_at
     with CaptureQueriesContext(connection) as captured:
