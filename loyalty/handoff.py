@@ -57,7 +57,12 @@ class Coalescer:
             if self._pid != os.getpid():  # a forked child: the parent's sender thread is not ours
                 self._pid, self._ids, self._thread = os.getpid(), [], None
             self._ids.extend(ids)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                # The first hand-off of this process, or its sender ended (a
+                # BaseException out of send(), which flush does not catch):
+                # what it had gathered goes out with these ids.
+                if self._thread is not None:
+                    logger.error("%s: the sender thread had ended; starting another", self.name)
                 self._thread = threading.Thread(target=self._run, name=f"handoff-{self.name}", daemon=True)
                 self._thread.start()
             else:

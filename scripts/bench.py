@@ -499,15 +499,23 @@ def data_self_check(first_member: int) -> list[str]:
 
 
 def codes_write(first_member: int, count: int, path: Path) -> int:
-    """Current member codes of ``count`` members (valid for the run's long step)."""
+    """Current member codes of the members among ``count`` from ``first_member``
+    whose code of the run's long step no purchase used yet (a code serves one
+    purchase: an earlier run of the same day on the same members would get 409
+    ``code_already_used``)."""
+    from django.db.models import Exists, OuterRef
     from django.utils import timezone
 
+    from members.codes import step_at
     from members.models import Member
     from members.selectors import member_code_current
+    from points.models import Purchase
 
     now = timezone.now()
+    used = Purchase.objects.filter(member=OuterRef("pk"), code_step=step_at(now))
     members = (
         Member.objects.filter(pk__gte=first_member, pk__lt=first_member + count)
+        .exclude(Exists(used))
         .only("member_no", "code_secret")
         .order_by("?")
     )

@@ -53,8 +53,9 @@ def main() -> int:
     bench.codes_write(first, IDENTIFY_CODES, out / "identify.txt")
     bench.codes_write(first + offset, CODES, out / "codes.txt")
     codes = (out / "codes.txt").read_text().split()
-    (out / "purchase_max.txt").write_text("\n".join(codes[: CODES // 2]) + "\n")
-    (out / "purchase_half.txt").write_text("\n".join(codes[CODES // 2 :]) + "\n")
+    half = len(codes) // 2  # fewer than CODES at SCALE=small
+    (out / "purchase_max.txt").write_text("\n".join(codes[:half]) + "\n")
+    (out / "purchase_half.txt").write_text("\n".join(codes[half:]) + "\n")
     connection.close()
     scale = bench.SCALES[os.environ.get("SCALE", "full")]
     duration, conns = scale["duration"], scale["connections"]

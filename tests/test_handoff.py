@@ -209,3 +209,37 @@ def test_a_flush_waits_for_the_send_in_flight() -> None:
     flush_all()
     assert finished == [7]
     assert time.monotonic() - started >= 0.25
+
+
+class _SenderKilled(BaseException):
+    """Not an ``Exception``: ``flush`` lets it end the sender thread."""
+
+
+@override_settings(LOYALTY_HANDOFF_WINDOW_SECONDS=0.05, CELERY_TASK_ALWAYS_EAGER=False)
+def test_a_sender_thread_that_died_is_replaced_and_nothing_waits_for_it(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[list[int]] = []
+    done = threading.Event()
+
+    def send(ids: list[int]) -> None:
+        calls.append(ids)
+        done.set()
+        if ids == [1]:
+            raise _SenderKilled()
+
+    coalescer = Coalescer("dying", send)
+    hook = threading.excepthook
+    threading.excepthook = lambda args: None  # the thread's death is what is under test, not noise
+    try:
+        coalescer.add([1])
+        assert done.wait(5)
+        first = coalescer._thread
+        first.join(5)
+        assert not first.is_alive()
+        done.clear()
+        coalescer.add([2, 3])  # would wait forever on a dead sender
+        assert done.wait(5)
+    finally:
+        threading.excepthook = hook
+    assert calls == [[1], [2, 3]]
+    assert coalescer._thread is not first and coalescer._thread.is_alive()
+    assert "dying: the sender thread had ended; starting another" in caplog.text
