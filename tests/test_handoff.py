@@ -241,5 +241,6 @@ def test_a_sender_thread_that_died_is_replaced_and_nothing_waits_for_it(caplog: 
     finally:
         threading.excepthook = hook
     assert calls == [[1], [2, 3]]
-    assert coalescer._thread is not first and coalescer._thread.is_alive()
+    assert coalescer._thread is not first
+    assert coalescer._thread.is_alive()
     assert "dying: the sender thread had ended; starting another" in caplog.text
