@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
-from loyalty.api.bodies import represent, validated
+from loyalty.api.bodies import decimal2, represent, validated
 from loyalty.api.permissions import IsMember, IsTerminal
 from loyalty.api.schema import errors
 from members import selectors, services
@@ -118,27 +118,17 @@ def terminal_member_output(
     }
 
 
-def _decimal2(value: Any) -> str:
-    """A ``DecimalField(decimal_places=2)`` as the serializers render it ("1.50")."""
-    if not isinstance(value, Decimal):
-        value = Decimal(str(value).strip())
-    return f"{value.quantize(_CENT):f}"
-
-
-_CENT = Decimal("0.01")
-
-
 def terminal_member_rendered(output: dict[str, Any]) -> dict[str, Any]:
     """``TerminalMemberOutputSerializer``'s rendering of ``terminal_member_output``,
-    built directly: the serializer's walk over its nested fields was a sixteenth
-    of an identify's CPU (docs/performance.md, session 9). Coupons (timestamps
+    built directly: the serializer's walk over its nested fields was 6% of an
+    identify's CPU in process (docs/performance.md, session 9). Coupons (timestamps
     in the local time zone) still go through their serializer; a test holds
     the two equal."""
     tier, points = output["tier"], output["points"]
     rendered_points = {"balance": int(points["balance"]), "pending": int(points["pending"])}
     if "spendable" in points:
         rendered_points["spendable"] = int(points["spendable"])
-    rendered_points["cash_value"] = _decimal2(points["cash_value"])
+    rendered_points["cash_value"] = decimal2(points["cash_value"])
     rendered_points["expiring_30d"] = int(points["expiring_30d"])
     rendered_points["expiring"] = [
         {"expires_on": item["expires_on"].isoformat(), "points": int(item["points"])} for item in points["expiring"]
@@ -151,8 +141,8 @@ def terminal_member_rendered(output: dict[str, Any]) -> dict[str, Any]:
         "tier": {
             "code": str(tier["code"]),
             "name": str(tier["name"]),
-            "discount_rate": _decimal2(tier["discount_rate"]),
-            "earn_multiplier": _decimal2(tier["earn_multiplier"]),
+            "discount_rate": decimal2(tier["discount_rate"]),
+            "earn_multiplier": decimal2(tier["earn_multiplier"]),
         },
         "points": rendered_points,
         "coupons": [represent(CouponSummarySerializer, coupon) for coupon in output["coupons"]],
@@ -162,8 +152,8 @@ def terminal_member_rendered(output: dict[str, Any]) -> dict[str, Any]:
 
 def identify_body(data: Any) -> dict[str, Any] | None:
     """What ``MemberIdentifyApi.InputSerializer`` makes of a scanned or typed
-    value that is plain printable ASCII (a code, member number or phone; a
-    sixth of the identify's own CPU went to the serializer); None for anything
+    value that is plain printable ASCII (a code, member number or phone; the
+    serializer took 2% of an identify's CPU in process); None for anything
     else, which the serializer then validates. A test holds the two equal."""
     if type(data) is not dict or len(data) != 1:
         return None

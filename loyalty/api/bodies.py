@@ -13,6 +13,7 @@ request and thread.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -35,3 +36,15 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
     """What ``serializer_class(data=data)`` gives as ``validated_data`` after
     ``is_valid(raise_exception=True)``; raises the same ``ValidationError``."""
     return dict(_instance(serializer_class).run_validation(data))
+
+
+CENT = Decimal("0.01")
+
+
+def decimal2(value: Any) -> str:
+    """A value as ``DecimalField(decimal_places=2)`` renders it ("128.50"), for
+    the responses built without their serializer (``points.apis.purchase_output``,
+    ``members.apis.terminal_member_rendered``)."""
+    if not isinstance(value, Decimal):  # e.g. a model default (0) not read back from the database
+        value = Decimal(str(value).strip())
+    return f"{value.quantize(CENT):f}"
