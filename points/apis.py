@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from campaigns.errors import CouponNotFound
 from loyalty.api.authentication import TERMINAL_AUTHENTICATION, MemberTokenAuthentication
-from loyalty.api.bodies import CENT, decimal2
+from loyalty.api.bodies import decimal2
 from loyalty.api.idempotency import idempotent
 from loyalty.api.pagination import StandardPagination
 from loyalty.api.permissions import IsMember, IsTerminal
@@ -46,6 +46,8 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     description="A retry with the same key and body returns the first response and changes nothing.",
 )
 RECEIPT_MAX = 64
+# What a receipt number may be: ReceiptField's pattern and the till's hand check.
+RECEIPT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-./]*"
 _PLAIN_DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 
 
@@ -121,7 +123,7 @@ def _receipt_from_path(receipt_no: str) -> str:
 class ReceiptField(serializers.RegexField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
-            r"^[A-Za-z0-9][A-Za-z0-9_\-./]*$",
+            rf"^{RECEIPT_PATTERN}$",
             max_length=RECEIPT_MAX,
             error_messages={"invalid": _("Use letters, digits and - _ . / only.")},
             **kwargs,
@@ -151,7 +153,7 @@ class PurchaseInputSerializer(serializers.Serializer):
     )
 
 
-_RECEIPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-./]*", re.ASCII)
+_RECEIPT = re.compile(RECEIPT_PATTERN, re.ASCII)
 _MONEY = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?", re.ASCII)
 _PURCHASE_BODY_KEYS = frozenset({"member", "receipt_no", "amount"})
 
@@ -172,8 +174,8 @@ def purchase_body(data: Any) -> dict[str, Any] | None:
         return None
     if not _RECEIPT.fullmatch(receipt_no) or type(amount) is not str or not _MONEY.fullmatch(amount):
         return None
-    value = Decimal(amount).quantize(CENT)
-    if not CENT <= value <= settings.LOYALTY_PURCHASE_MAX_AMOUNT:
+    value = Decimal(amount).quantize(services.CENT)
+    if not services.CENT <= value <= settings.LOYALTY_PURCHASE_MAX_AMOUNT:
         return None
     return {
         "member": member, "receipt_no": receipt_no, "amount": value, "paid_at": None, "lines": [],

@@ -38,7 +38,7 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
     return dict(_instance(serializer_class).run_validation(data))
 
 
-CENT = Decimal("0.01")
+_CENT = Decimal("0.01")
 
 
 def decimal2(value: Any) -> str:
@@ -47,4 +47,4 @@ def decimal2(value: Any) -> str:
     ``members.apis.terminal_member_rendered``)."""
     if not isinstance(value, Decimal):  # e.g. a model default (0) not read back from the database
         value = Decimal(str(value).strip())
-    return f"{value.quantize(CENT):f}"
+    return f"{value.quantize(_CENT):f}"

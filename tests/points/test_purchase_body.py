@@ -184,7 +184,7 @@ def test_a_purchase_through_the_hand_checked_path_is_recorded_as_through_the_ser
     assert one["amount"] == "128.50"
     assert one["points_earned"] == 128
     rows = Purchase.objects.order_by("pk").values_list("receipt_no", "amount", "points_earned", "lines", "paid_at")
-    (r1, a1, p1, l1, t1), (r2, a2, p2, l2, t2) = rows
+    (_, a1, p1, l1, t1), (_, a2, p2, l2, t2) = rows
     assert (a1, p1, l1) == (a2, p2, l2) == (Decimal("128.50"), 128, [])
     assert t1 is not None
     assert t2 is not None
