@@ -40,6 +40,7 @@ import time
 import urllib.parse
 from contextlib import suppress
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,48 @@ UPDATE members_member SET tier_id = %(top)s WHERE id %% 50 = 1;
 """
 
 
+# Coupons as members hold them: four members in ten have one to three, of the
+# three bench benefits in turn (the third usable only at the first half of the
+# stores); of those, half still issued and valid (what identify lists), three
+# in ten written off at a till, two in ten expired, each with the events the
+# services write (issued; written off or expired), so the till summary and the
+# coupon KPIs of the monthly report read realistic rows.
+COUPONS_SQL = """
+WITH c AS (
+    INSERT INTO campaigns_coupon (
+        code, benefit_id, member_id, status, source, reference, valid_from, valid_until, issued_at,
+        written_off_at, written_off_store_id, written_off_terminal_id, written_off_receipt)
+    SELECT 'BENCH' || lpad(s.member_id::text, 10, '0') || '-' || s.k,
+           (%(benefits)s::bigint[])[1 + (s.member_id + s.k) %% 3], s.member_id,
+           s.status, 'exchange', '', s.issued_at, s.issued_at + interval '60 days', s.issued_at,
+           CASE WHEN s.status = 'written_off' THEN s.issued_at + interval '10 days' END,
+           CASE WHEN s.status = 'written_off' THEN (%(stores)s::bigint[])[s.t] END,
+           CASE WHEN s.status = 'written_off' THEN (%(terminals)s::bigint[])[s.t] END,
+           ''
+    FROM (
+        SELECT m.id AS member_id, k,
+               CASE WHEN h %% 10 < 5 THEN 'issued' WHEN h %% 10 < 8 THEN 'written_off' ELSE 'expired' END AS status,
+               -- issued coupons are valid now (issued up to 50 days ago); the others ended already
+               CASE WHEN h %% 10 < 5 THEN now() - make_interval(days => (h %% 50)::int)
+                    ELSE now() - make_interval(days => (61 + h %% 400)::int) END AS issued_at,
+               (1 + h %% %(terminal_count)s)::int AS t
+        FROM members_member m
+        CROSS JOIN LATERAL generate_series(1, 1 + abs(hashint8(m.id)::bigint) %% 3) k
+        CROSS JOIN LATERAL (SELECT abs(hashint8(m.id * 7 + k)::bigint) AS h) x
+        WHERE abs(hashint8(-m.id)::bigint) %% 10 < 4
+    ) s
+    RETURNING id, status, issued_at, written_off_at, valid_until, written_off_store_id, written_off_terminal_id
+)
+INSERT INTO campaigns_couponevent (coupon_id, kind, store_id, terminal_id, receipt_no, reason, created_at)
+SELECT id, 'issued', NULL, NULL, '', 'exchange', issued_at FROM c
+UNION ALL
+SELECT id, 'written_off', written_off_store_id, written_off_terminal_id, '', '', written_off_at
+FROM c WHERE status = 'written_off'
+UNION ALL
+SELECT id, 'expired', NULL, NULL, '', '', valid_until FROM c WHERE status = 'expired'
+"""
+
+
 def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
     """Stores and terminals through the services, members and history in SQL."""
     from django.conf import settings
@@ -373,6 +416,8 @@ def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
             TIERS_SQL, {"months": settings.LOYALTY_TIER_QUALIFICATION_MONTHS, "silver": silver.pk, "top": top.pk}
         )
     log(f"  {scale['purchases']:,} purchases with their ledger in {time.monotonic() - started:.1f} s")
+    coupons = coupons_generate(stores, terminals, fast)
+    log(f"  {coupons:,} coupons with their events in {time.monotonic() - started:.1f} s")
     if fast:
         missing = foreign_keys_check()
         if missing:
@@ -400,6 +445,8 @@ def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
             "points_pointsentry",
             "points_pointslot",
             "points_pointsaccount",
+            "campaigns_coupon",
+            "campaigns_couponevent",
         ):
             cursor.execute(f"VACUUM ANALYZE {table}")
     log(f"  data ready in {time.monotonic() - started:.1f} s")
@@ -411,6 +458,52 @@ def data_generate(scale: dict[str, Any]) -> dict[str, Any]:
         "benefit": benefit.pk,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def coupons_generate(stores: list[int], terminals: list[int], fast: bool) -> int:
+    """Three benefits through the ORM (the third usable at the first half of the
+    stores only) and the members' coupons of them in SQL (``COUPONS_SQL``);
+    the benefits' issued counts as the coupons say. Returns the coupons made.
+    With ``fast`` the foreign keys are not checked row by row: the caller
+    checks them set-based (``foreign_keys_check``)."""
+    from django.db import connection, transaction
+
+    from campaigns.models import Benefit
+
+    distinct_stores = sorted(set(stores))
+    benefits = [
+        Benefit.objects.create(
+            name="Bench ¥10 off", kind=Benefit.Kind.CASH_OFF, value=Decimal("10.00"), min_spend=Decimal("50.00"),
+            points_price=500, cash_price=Decimal("10.00"), validity=Benefit.Validity.DAYS, valid_days=60,
+        ),
+        Benefit.objects.create(
+            name="Bench free coffee", kind=Benefit.Kind.GIFT, points_price=300, cash_price=Decimal("12.00"),
+            validity=Benefit.Validity.DAYS, valid_days=60,
+        ),
+        Benefit.objects.create(
+            name="Bench 20% off", kind=Benefit.Kind.PERCENT_OFF, value=Decimal("20.00"), points_price=800,
+            validity=Benefit.Validity.DAYS, valid_days=60,
+        ),
+    ]
+    benefits[2].stores.set(distinct_stores[: max(1, len(distinct_stores) // 2)])
+    with transaction.atomic(), connection.cursor() as cursor:
+        if fast:  # as for the purchases: keys checked set-based below
+            cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(
+            COUPONS_SQL,
+            {
+                "benefits": [b.pk for b in benefits],
+                "stores": stores,
+                "terminals": terminals,
+                "terminal_count": len(terminals),
+            },
+        )
+        cursor.execute(
+            "UPDATE campaigns_benefit b SET issued_count = (SELECT COUNT(*) FROM campaigns_coupon c "
+            "WHERE c.benefit_id = b.id) WHERE b.id = ANY(%s) RETURNING issued_count",
+            [[b.pk for b in benefits]],
+        )
+        return sum(row[0] for row in cursor.fetchall())
 
 
 TEMPLATE_DB = f"{BENCH_DB}_template"
@@ -460,11 +553,12 @@ def foreign_keys_check() -> dict[str, int]:
     anti-join per key (what the deferred checks would have refused)."""
     from django.db import connection
 
+    from campaigns.models import Coupon, CouponEvent
     from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
 
     missing = {}
     with connection.cursor() as cursor:
-        for model in (Purchase, PointsEntry, PointsLot, PointsAccount):
+        for model in (Purchase, PointsEntry, PointsLot, PointsAccount, Coupon, CouponEvent):
             for field in model._meta.concrete_fields:
                 if not field.is_relation:
                     continue

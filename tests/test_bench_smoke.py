@@ -125,3 +125,65 @@ def test_cpu_figures_without_a_local_database_server_give_no_total_and_no_budget
     assert figures["CPU per request: floor"]["status"] == bench.NOT_MEASURED
     assert "PostgreSQL on another machine, not measured" in figures["CPU per request: floor"]["detail"]
     assert "purchase: app CPU that 0.40 × floor allows" not in figures
+
+
+TINY = {"members": 300, "purchases": 1_500, "stores": 4, "terminals_per_store": 1, "history_months": 18}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_generated_data_reads_as_the_services_would_have_written_it():
+    # given the bench's data made in SQL at a tiny scale
+    from django.db.models import Count
+    from rest_framework.test import APIClient
+
+    from campaigns.models import Benefit, Coupon, CouponEvent
+    from members.models import Member, TerminalAPIKey
+    from members.selectors import member_code_current
+
+    bench = _bench()
+    data = bench.data_generate(TINY)
+    # then its rows point to rows that exist and its copies of the rules agree with the code
+    assert bench.foreign_keys_check() == {}
+    assert bench.data_self_check(data["first_member"]) == []
+    # and members hold coupons of the three bench benefits, each with its events
+    coupons = Coupon.objects.filter(code__startswith="BENCH")
+    assert 0 < coupons.values("member").distinct().count() < TINY["members"]
+    assert set(coupons.values_list("status", flat=True)) == {"issued", "written_off", "expired"}
+    for benefit in Benefit.objects.filter(coupons__code__startswith="BENCH").distinct():
+        assert benefit.issued_count == benefit.coupons.count()
+    kinds = {
+        (row["coupon__status"], row["kind"]): row["n"]
+        for row in CouponEvent.objects.values("coupon__status", "kind").annotate(n=Count("id"))
+    }
+    counts = {row["status"]: row["n"] for row in coupons.values("status").annotate(n=Count("id"))}
+    assert kinds == {
+        ("issued", "issued"): counts["issued"],
+        ("written_off", "issued"): counts["written_off"],
+        ("written_off", "written_off"): counts["written_off"],
+        ("expired", "issued"): counts["expired"],
+        ("expired", "expired"): counts["expired"],
+    }
+    # and a till of a store where one benefit is not usable, identifying a
+    # member holding issued coupons of it and of another, sees only the other's
+    issued = coupons.filter(status="issued")
+    limited = issued.filter(benefit__stores__isnull=False).values("member_id")
+    holder = (
+        Member.objects.filter(pk__in=limited)
+        .filter(pk__in=issued.filter(benefit__stores__isnull=True).values("member_id"))
+        .order_by("pk")
+        .first()
+    )
+    key = data["keys"][-1]  # the last store: outside the limited benefit's first half
+    store = TerminalAPIKey.objects.get_from_key(key).terminal.store
+    assert not Benefit.objects.filter(stores=store, coupons__member=holder).exists()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+    response = client.post("/api/v1/terminal/identify", {"code": member_code_current(member=holder)[0]}, format="json")
+    assert response.status_code == 200, response.content
+    usable = list(
+        issued.filter(member=holder, benefit__stores__isnull=True)
+        .order_by("valid_until", "id")
+        .values_list("code", flat=True)
+    )
+    assert usable
+    assert [c["code"] for c in response.json()["coupons"]] == usable
