@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 
 from campaigns.services.campaigns import (
+    ONE,
     campaign_multiplier_for,
     campaigns_after_check_in,
     campaigns_after_purchase,
@@ -500,12 +501,18 @@ def _purchase_record(
     # programme's set-up (any campaign running, the webhooks of ledger
     # changes) with the key of the earn entry, which the purchase's last
     # statement writes with its lot and message (_purchase_finish).
+    # The purchase is inserted with the points it earns and uses when no
+    # campaign changes them (the common case): its row is then written once,
+    # not inserted and updated again by the last statement (_purchase_finish).
+    cash = points_cash_value(points_to_use) if points_to_use else Decimal("0.00")
     fields = {
         "store": store, "terminal": terminal, "receipt_no": receipt_no, "amount": amount, "paid_at": paid_at,
         "lines": lines or [], "member": member, "tier": tier, "code_step": identified.code_step,
-        "offline": identified.offline,
+        "offline": identified.offline, "points_used": points_to_use, "cash_paid_by_points": cash,
+        "points_earned": points_for_amount(amount=amount - cash, tier=tier, multiplier=ONE), "multiplier": ONE,
     }
     write, purchase = insert_write(Purchase, on_conflict_do_nothing=True, **fields)
+    inserted = _purchase_points(purchase)
     campaigns_sql, campaigns_params = purchase_campaigns_column(paid_at)
     webhooks_sql, webhooks_params = subscribed_column(POINTS_CHANGED)
     account, (any_running, subscribed, entry_id) = account_lock_with(
@@ -523,7 +530,7 @@ def _purchase_record(
         return _purchase_earn(
             purchase, account, member=member, tier=tier, store=store, terminal=terminal, paid_at=paid_at, now=now,
             amount=amount, points_to_use=points_to_use, coupon_codes=coupon_codes, any_running=any_running,
-            entry_id=entry_id,
+            entry_id=entry_id, inserted=inserted,
         )
 
 
@@ -542,9 +549,11 @@ def _purchase_earn(
     coupon_codes: list[str],
     any_running: bool,
     entry_id: int,
+    inserted: tuple[Any, ...],
 ) -> PurchaseResult:
     """The rest of ``_purchase_record`` once the member's account is locked;
-    ``entry_id``: the primary key taken for the earn entry."""
+    ``entry_id``: the primary key taken for the earn entry; ``inserted``: the
+    purchase's points as its insert wrote them (``_purchase_points``)."""
     refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
     cash = Decimal("0.00")
     if points_to_use:
@@ -575,7 +584,9 @@ def _purchase_earn(
         notify_points_earned(earn_entry, lot=lot, member=member, writes=writes)
     purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
     purchase.multiplier = multiplier
-    qualification = _purchase_finish(purchase, account, at=paid_at, writes=writes)
+    qualification = _purchase_finish(
+        purchase, account, at=paid_at, writes=writes, points_written=_purchase_points(purchase) == inserted
+    )
     new_tier = tier_upgrade_if_qualified(member=member, at=paid_at, qualification=qualification)
     if campaigns_after_purchase(purchase=purchase, at=paid_at, running=running):
         account.refresh_from_db()  # a first-purchase bonus was credited
@@ -631,32 +642,43 @@ _PURCHASE_POINTS_SQL = (
 )
 
 
+def _purchase_points(purchase: Purchase) -> tuple[Any, ...]:
+    """What ``_PURCHASE_POINTS_SQL`` writes of a purchase."""
+    return purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points, purchase.multiplier
+
+
 def _purchase_finish(
-    purchase: Purchase, account: PointsAccount, *, at: datetime, writes: list[Write] | None = None
+    purchase: Purchase,
+    account: PointsAccount,
+    *,
+    at: datetime,
+    writes: list[Write] | None = None,
+    points_written: bool = False,
 ) -> Qualification:
-    """Save the purchase's points and ``account`` (as ``_save``), after
-    ``writes`` (the earn's entry, lot and message), and return the member's
-    qualification at ``at`` (as ``_qualification``): one statement, one round
-    trip at the till. The spend is read from the statement's snapshot, which
-    has the purchase (inserted before) and is not changed by these writes
-    (they touch no amount)."""
+    """Save the purchase's points (unless ``points_written``: its row already
+    holds them) and ``account`` (as ``_save``), after ``writes`` (the earn's
+    entry, lot and message), and return the member's qualification at ``at``
+    (as ``_qualification``): one statement, one round trip at the till. The
+    spend is read from the statement's snapshot, which has the purchase
+    (inserted before) and is not changed by these writes (they touch no amount)."""
     account.updated_at = timezone.now()
-    found: dict[str, bool] = {}
-    saved = [
+    found: dict[str, bool] = {"purchase": True} if points_written else {}
+    saved = [] if points_written else [
         Write(
             _PURCHASE_POINTS_SQL,
-            [purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points, purchase.multiplier,
-             purchase.pk],
+            [*_purchase_points(purchase), purchase.pk],
             ("1",),
             lambda row: found.__setitem__("purchase", row is not None),
-        ),
+        )
+    ]
+    saved.append(
         Write(
             _ACCOUNT_SAVE_SQL + " RETURNING 1",
             [account.balance, account.pending, account.debt, account.updated_at, account.member_id],
             ("1",),
             lambda row: found.__setitem__("account", row is not None),
-        ),
-    ]
+        )
+    )
     qualification = together(
         [*(writes or ()), *saved], _QUALIFICATION_SQL, _qualification_params(account.member_id, at)
     )

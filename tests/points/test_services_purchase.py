@@ -98,8 +98,11 @@ def test_earn_applies_base_rate_and_campaign_multiplier(store, terminal, member,
 
     settings.LOYALTY_POINTS_BASE_RATE = Decimal("2")
     Campaign.objects.create(
-        name="x1.5", kind=Campaign.Kind.MULTIPLIER, status=Campaign.Status.ACTIVE,
-        starts_at=T - timedelta(days=1), multiplier=Decimal("1.5"),
+        name="x1.5",
+        kind=Campaign.Kind.MULTIPLIER,
+        status=Campaign.Status.ACTIVE,
+        starts_at=T - timedelta(days=1),
+        multiplier=Decimal("1.5"),
     )
     member_in_tier(member, "gold", since=T - timedelta(days=1))
     # when
@@ -592,3 +595,54 @@ def test_frozen_member_cannot_check_in(member, django_user_model):
     assert not CheckIn.objects.exists()
     assert not PointsEntry.objects.exists()
     assert Member.objects.get(pk=member.pk).status == "frozen"
+
+
+def _purchase_rows_written() -> tuple[int, int]:
+    """Rows of points_purchase inserted and updated in this transaction so far."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'points_purchase'")
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+@pytest.mark.parametrize("points_to_use", [0, 500])
+def test_without_a_campaign_the_purchase_row_is_written_once_with_its_points(store, terminal, member, points_to_use):
+    # given a member with points and no campaign running
+    points_give(member, 1000, at=T - timedelta(days=1))
+    before = _purchase_rows_written()
+    # when buying, with or without points paying part of the bill
+    result = buy(
+        store=store,
+        terminal=terminal,
+        member=member,
+        receipt_no="R-1",
+        amount="100.00",
+        at=T,
+        points_to_use=points_to_use,
+    )
+    # then the purchase was inserted with its points and not updated afterwards
+    inserted, updated = _purchase_rows_written()
+    assert (inserted - before[0], updated - before[1]) == (1, 0)
+    stored = Purchase.objects.values_list("points_earned", "points_used", "cash_paid_by_points", "multiplier").get(
+        pk=result.purchase.pk
+    )
+    cash = Decimal(points_to_use) / 100
+    assert stored == (int(Decimal("100.00") - cash), points_to_use, cash, Decimal("1"))
+    assert (result.purchase.points_earned, result.purchase.points_used) == (stored[0], stored[1])
+
+
+def test_a_campaign_that_changes_the_points_updates_the_purchase_row(store, terminal, member):
+    # given double points running
+    from tests.campaigns.factories import CampaignFactory
+
+    CampaignFactory()
+    before = _purchase_rows_written()
+    # when buying
+    result = buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="100.00", at=T)
+    # then the row inserted with the plain points holds the campaign's
+    inserted, updated = _purchase_rows_written()
+    assert (inserted - before[0], updated - before[1]) == (1, 1)
+    stored = Purchase.objects.values_list("points_earned", "multiplier").get(pk=result.purchase.pk)
+    assert stored == (200, Decimal("2"))
