@@ -555,10 +555,9 @@ def _purchase_earn(
     ``entry_id``: the primary key taken for the earn entry; ``inserted``: the
     purchase's points as its insert wrote them (``_purchase_points``)."""
     refs = Refs(source=Source.PURCHASE, store=store, terminal=terminal, purchase=purchase)
-    cash = Decimal("0.00")
+    cash = purchase.cash_paid_by_points  # what the points pay, inserted with the purchase
     if points_to_use:
         _draw(account, kind=Kind.REDEEM, points=points_to_use, at=paid_at, refs=refs, spendable_only=True)
-        cash = points_cash_value(points_to_use)
     coupons = _coupons_write_off(
         coupon_codes, store=store, terminal=terminal, purchase=purchase, member=member, amount=amount, at=now
     )
@@ -582,8 +581,7 @@ def _purchase_earn(
         )
         pending = earned if lot is not None and lot.pending_until is not None else 0
         notify_points_earned(earn_entry, lot=lot, member=member, writes=writes)
-    purchase.points_earned, purchase.points_used, purchase.cash_paid_by_points = earned, points_to_use, cash
-    purchase.multiplier = multiplier
+    purchase.points_earned, purchase.multiplier = earned, multiplier
     qualification = _purchase_finish(
         purchase, account, at=paid_at, writes=writes, points_written=_purchase_points(purchase) == inserted
     )
