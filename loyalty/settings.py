@@ -152,6 +152,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # The till's hot statements run as server-side prepared statements, planned once
 # per connection (loyalty/sql.py). Turn off behind a pooler in transaction mode.
 LOYALTY_SQL_PREPARE = env.bool("LOYALTY_SQL_PREPARE", default=True)
+# The usual purchase at the till (no key, no points paying, no coupons) in one
+# statement when nothing sends it to the general path (points/till.py).
+LOYALTY_TILL_ONE_STATEMENT = env.bool("LOYALTY_TILL_ONE_STATEMENT", default=True)
 LOYALTY_HANDOFF_WINDOW_SECONDS = env.float("LOYALTY_HANDOFF_WINDOW_SECONDS", default=0.2)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # A daily or monthly job that finds its lock taken tries again this many

@@ -441,14 +441,35 @@ def _new_instance(model: type[M], values: dict[str, Any]) -> M:
 _MISSING = object()
 
 
+@lru_cache(maxsize=32)
+def _insert_select_plan(model: type[Model], source: str, with_pk: bool = False) -> str:
+    """``_insert_plan``'s statement as INSERT … SELECT from ``source`` (one row
+    or none), each value cast to its column's type."""
+    sql, fields = _insert_plan(model, with_pk)
+    connection = connections["default"]
+    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    head, returning = sql.partition(" VALUES (")[0], sql.rpartition(")")[2]  # INSERT INTO t (…) | RETURNING …
+    # The model's own statement; the source is the caller's constant name.
+    return f"{head} SELECT {values} FROM {source}{returning}"  # noqa: S608
+
+
 def insert_write(
-    model: type[M], *, on_conflict_do_nothing: bool = False, using: str = "default", **values: Any
+    model: type[M],
+    *,
+    on_conflict_do_nothing: bool = False,
+    using: str = "default",
+    select_from: str = "",
+    **values: Any,
 ) -> tuple[Write, M]:
     """``insert`` as a ``Write`` for ``together``: the instance gets its primary
     key (given in ``values``, or the one the row receives) when the statement
-    has run. Returns the write and the instance."""
+    has run. Returns the write and the instance. ``select_from``: the name of
+    a CTE of the caller's statement; the row is written once per row it has
+    (INSERT … SELECT: written only when the CTE has its one row)."""
     pk = model._meta.pk
     sql, fields = _insert_plan(model, with_pk=pk.attname in values or "pk" in values)
+    if select_from:
+        sql = _insert_select_plan(model, select_from, pk.attname in values or "pk" in values)
     if on_conflict_do_nothing:
         if model._meta.auto_field is None:
             raise ValueError("on_conflict_do_nothing needs an auto primary key to tell a conflict")

@@ -31,8 +31,8 @@ from loyalty.throttle import failures_counted
 from members.apis import _valid
 from members.errors import MemberNotFound, UnknownStore
 from members.models import Member, Store, Terminal
-from members.selectors import member_resolve
-from points import selectors, services
+from members.selectors import IdentifiedMember, member_resolve
+from points import selectors, services, till
 from points.errors import PurchaseNotFound
 from points.models import PointsAdjustment, PointsEntry
 
@@ -259,6 +259,19 @@ class PurchaseCreateApi(APIView):
     def post(self, request: Request) -> HttpResponse:
         data = purchase_body(request.data) or _valid(PurchaseInputSerializer, request)
         terminal: Terminal = request.user
+        resolved: list[IdentifiedMember] = []  # the member, when ``plain`` read it
+
+        def plain() -> tuple[int, Any] | None:
+            # The usual sale (no points paying, no coupons): in one statement
+            # when nothing sends it to the general path (points/till.py).
+            if data["coupon_codes"] or data["points_to_use"] or not data["member"].strip():
+                return None
+            resolved.append(member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"]))
+            result = till.purchase_one_statement(
+                store=terminal.store, terminal=terminal, receipt_no=data["receipt_no"], amount=data["amount"],
+                paid_at=data["paid_at"], identified=resolved[0], lines=data["lines"],
+            )
+            return (201, purchase_output(result)) if result is not None else None
 
         def operation() -> tuple[int, Any]:
             # Coupon codes guessed inside purchases count with those of the
@@ -269,8 +282,8 @@ class PurchaseCreateApi(APIView):
                 else nullcontext()
             )
             with guesses:
-                identified = None
-                if data["member"].strip():
+                identified = resolved[0] if resolved else None
+                if identified is None and data["member"].strip():
                     identified = member_resolve(value=data["member"], terminal=terminal, paid_at=data["paid_at"])
                 result = services.purchase_record_in_transaction(
                     store=terminal.store,
@@ -285,7 +298,7 @@ class PurchaseCreateApi(APIView):
                 )
             return 201, purchase_output(result)
 
-        return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation)
+        return idempotent(request, scope=f"terminal:{terminal.pk}", operation=operation, first=plain)
 
 
 class PurchasePreviewApi(APIView):

@@ -409,6 +409,8 @@ def test_the_hot_paths_run_prepared(terminal_client: Any, member: Member, settin
 @pytest.mark.django_db(transaction=True)  # the API's durable transaction is a real one
 def test_a_purchase_at_the_till_makes_no_savepoint(terminal_client: Any, member: Member, settings: Any) -> None:
     """The API's durable transaction is the only one: an error rolls it back whole."""
+    # The general path (the one-statement purchase has no transaction: tests/points/test_till.py)
+    settings.LOYALTY_TILL_ONE_STATEMENT = False
     code = member.member_no
     with CaptureQueriesContext(connection) as captured:
         response = terminal_client.post(

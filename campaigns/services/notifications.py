@@ -589,19 +589,72 @@ def notify_points_earned(
     if member is None:
         member = entry.member if PointsEntry.member.is_cached(entry) else Member.objects.get(pk=entry.member_id)
     store = entry.store if entry.store_id else None
-    payload = {
-        "points": entry.points,
-        "balance": entry.balance_after,
-        "store": store.name if store else "",
-        "source": entry.source,
-        "entry_id": entry.pk,
-        "purchase_id": entry.purchase_id,
-        "earned_at": entry.created_at,
-        "usable_from": _local_day(pending_until).isoformat() if pending_until else None,
-    }
+    payload = _points_earned_payload(
+        points=entry.points, balance=entry.balance_after, store=store, source=entry.source, entry_id=entry.pk,
+        purchase_id=entry.purchase_id, earned_at=entry.created_at, pending_until=pending_until,
+    )
     return message_enqueue(
         member=member, kind=Kind.POINTS_EARNED, payload=payload, dedupe_key=dedupe_key, writes=writes
     )
+
+
+def _points_earned_payload(
+    *, points: int, balance: int, store: Any, source: str, entry_id: int, purchase_id: int | None,
+    earned_at: datetime, pending_until: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "points": points,
+        "balance": balance,
+        "store": store.name if store else "",
+        "source": source,
+        "entry_id": entry_id,
+        "purchase_id": purchase_id,
+        "earned_at": earned_at,
+        "usable_from": _local_day(pending_until).isoformat() if pending_until else None,
+    }
+
+
+# The "points earned" message of a purchase as ``notify_points_earned`` writes
+# it, inserted from a CTE (``n``: purchase_id, entry_id, balance_after) of the
+# till's one-statement purchase (points/till.py); parameters: member id, kind,
+# channel, marketing, the payload without the three values the CTE knows,
+# status, next attempt, last error, created at.
+_POINTS_EARNED_FROM_SQL = (
+    f"INSERT INTO {OutboxMessage._meta.db_table} ({_INSERT_COLUMNS}) "  # noqa: S608 - model table
+    "SELECT %s::bigint, %s::text, %s::text, 'points_earned:purchase:' || n.purchase_id, %s::boolean, "
+    "%s::jsonb || jsonb_build_object('balance', n.balance_after, 'entry_id', n.entry_id, "
+    "'purchase_id', n.purchase_id), %s::text, 0, %s::timestamptz, %s::text, %s::timestamptz FROM n "
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+
+
+def points_earned_from_cte(
+    member: Member, *, points: int, store: Any, earned_at: datetime, pending_until: datetime | None
+) -> tuple[str, list[Any], bool]:
+    """The purchase's "points earned" message (``notify_points_earned``'s row)
+    as an INSERT … SELECT from a CTE ``n`` that gives ``purchase_id``,
+    ``entry_id`` and ``balance_after``, known only inside the till's
+    one-statement purchase. Returns its SQL (``%s`` placeholders), parameters,
+    and whether a new row is to be handed to the workers at once
+    (``points_earned_sent`` after commit)."""
+    payload = _points_earned_payload(
+        points=points, balance=0, store=store, source="purchase", entry_id=0, purchase_id=0,
+        earned_at=earned_at, pending_until=pending_until,
+    )
+    reason = _skip_reason(member, marketing=False)
+    status = Status.SKIPPED if reason else Status.PENDING
+    now = timezone.now()
+    params = [
+        member.pk, str(Kind.POINTS_EARNED), _channel_name(), False,
+        json.dumps(_jsonable(payload), cls=DjangoJSONEncoder), str(status), now, reason, now,
+    ]
+    return _POINTS_EARNED_FROM_SQL, params, status == Status.PENDING
+
+
+def points_earned_sent(message_id: int) -> None:
+    """After the commit of the statement that wrote a pending message due now:
+    hand it to the workers, as ``message_enqueue`` does after commit."""
+    _send_soon_gathered.add([message_id])
 
 
 def notify_tier_changed(

@@ -52,11 +52,23 @@ def request_fingerprint(request: Request) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
 
 
-def idempotent(request: Request, *, scope: str, operation: Callable[[], tuple[int, Any]]) -> HttpResponse:
+def idempotent(
+    request: Request,
+    *,
+    scope: str,
+    operation: Callable[[], tuple[int, Any]],
+    first: Callable[[], tuple[int, Any] | None] | None = None,
+) -> HttpResponse:
     """Run ``operation`` (returning ``(status, data)``) once per key in ``scope``,
-    in one durable transaction with the key row."""
+    in one durable transaction with the key row. ``first``: without a key, tried
+    before, outside any transaction (a path that commits on its own, such as the
+    till's one-statement purchase); its ``(status, data)`` is the response, or
+    with None ``operation`` runs as usual."""
     key = request.META.get(HEADER)
     if key is None:
+        answer = first() if first is not None else None
+        if answer is not None:
+            return _render(*answer)
         with transaction.atomic(durable=True):
             status, data = operation()
         return _render(status, data)
