@@ -469,3 +469,18 @@ def test_concurrent_purchases_of_one_member_keep_the_ledger_exact(shop, till_key
         assert balance_after == running
     assert running == expected
     assert ledger_check().ok
+
+
+def test_a_payment_time_in_the_future_is_refused_before_anything_is_written(shop, till_client, paths):
+    # given a member with an account
+    member = _enrol(shop, 1)
+    before = ledger_snapshot()
+    # when a till sends a purchase paid tomorrow
+    tomorrow = (timezone.now() + timedelta(days=1)).isoformat()
+    body = {"member": member.member_no, "receipt_no": "R-1", "amount": "50.00", "paid_at": tomorrow}
+    response = _post(till_client, body)
+    # then 400 invalid_paid_at, as the general path answers, and nothing written
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_paid_at"
+    assert paths == []  # raised by the one-statement path before its statement
+    assert ledger_snapshot() == before
