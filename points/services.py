@@ -124,11 +124,12 @@ def qualifying_spend(*, member_id: int, at: datetime) -> Decimal:
     return _qualification(member_id=member_id, at=at)[0]
 
 
-# Qualifying spend at a moment and the highest active tier it reaches; parameters:
-# member id, the start of the qualification period (excluded) and the moment.
+# Qualifying spend at a moment (plus an amount the statement's snapshot cannot
+# see) and the highest active tier it reaches; parameters: that amount, member
+# id, the start of the qualification period (excluded) and the moment.
 _QUALIFICATION_SQL = (
     "SELECT s.spend, t.id, t.rank FROM ("
-    "  SELECT COALESCE(SUM(amount - refunded_amount), 0) AS spend FROM points_purchase"
+    "  SELECT COALESCE(SUM(amount - refunded_amount), 0) + %s::numeric AS spend FROM points_purchase"
     "  WHERE member_id = %s AND paid_at > %s AND paid_at <= %s) s "
     "LEFT JOIN LATERAL (SELECT id, rank FROM members_tier WHERE is_active AND threshold <= s.spend "
     "  ORDER BY rank DESC LIMIT 1) t ON true"
@@ -137,8 +138,13 @@ _QUALIFICATION_SQL = (
 Qualification = tuple[Decimal, int | None, int | None]
 
 
-def _qualification_params(member_id: int, at: datetime) -> list[Any]:
-    return [member_id, at - relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS), at]
+def qualification_query(member_id: int, at: datetime, *, plus: Decimal = Decimal("0.00")) -> tuple[str, list[Any]]:
+    """The SQL of the member's qualification at ``at`` (columns spend, id and
+    rank of the tier it reaches) and its parameters; ``plus``: the amount of a
+    purchase written by the same statement, which its snapshot does not hold
+    (the till's one-statement purchase, ``points/till.py``)."""
+    months = relativedelta(months=settings.LOYALTY_TIER_QUALIFICATION_MONTHS)
+    return _QUALIFICATION_SQL, [plus, member_id, at - months, at]
 
 
 def _qualification_from(spend: Any, tier_id: int | None, rank: int | None) -> Qualification:
@@ -149,7 +155,7 @@ def _qualification(*, member_id: int, at: datetime) -> Qualification:
     """Qualifying spend at ``at`` and the highest active tier it reaches (id
     and rank; ``None`` below every threshold), as ``tier_for_spend`` picks it."""
     with connection.cursor() as cursor:
-        execute(cursor, _QUALIFICATION_SQL, _qualification_params(member_id, at))
+        execute(cursor, *qualification_query(member_id, at))
         return _qualification_from(*cursor.fetchone())
 
 
@@ -677,9 +683,7 @@ def _purchase_finish(
             lambda row: found.__setitem__("account", row is not None),
         )
     )
-    qualification = together(
-        [*(writes or ()), *saved], _QUALIFICATION_SQL, _qualification_params(account.member_id, at)
-    )
+    qualification = together([*(writes or ()), *saved], *qualification_query(account.member_id, at))
     if not (found["purchase"] and found["account"]):  # as save(update_fields=...) would
         raise DatabaseError(f"purchase {purchase.pk} or the points account of member {account.member_id} not found")
     return _qualification_from(*qualification)

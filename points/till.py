@@ -51,16 +51,16 @@ from django.utils import timezone
 from campaigns.services.campaigns import ONE, purchase_campaigns_column
 from campaigns.services.notifications import points_earned_from_cte, points_earned_sent
 from campaigns.services.webhooks import POINTS_CHANGED, subscribed_column
-from loyalty.sql import execute, insert_write
+from loyalty.sql import execute, insert_write, next_id_column
 from members.models import Member, Store, Terminal
 from members.selectors import IdentifiedMember
 from points.models import PointsAccount, PointsEntry, Purchase
 from points.services import (
     PurchaseResult,
-    _qualification_params,
     expiry_for,
     paid_at_check,
     points_for_amount,
+    qualification_query,
 )
 
 # After the statement found a campaign running or a webhook listening, how
@@ -69,11 +69,11 @@ from points.services import (
 _GENERAL_FOR_SECONDS = 10.0
 _general_until = 0.0
 
-_ENTRY_ID = f"nextval(pg_get_serial_sequence('\"{PointsEntry._meta.db_table}\"', 'id'))"
-
-# {campaigns}, {webhooks}: the SQL of purchase_campaigns_column and
-# subscribed_column; {purchase}, {message}: the purchase's and the message's
-# INSERT … SELECT. Parameters in order of the text.
+# {campaigns}, {webhooks}, {qualification}: the SQL of purchase_campaigns_column,
+# subscribed_column and qualification_query (with this purchase's amount: the
+# statement's snapshot has not its row); {purchase}, {message}: the purchase's
+# and the message's INSERT … SELECT; {entry_id}: the entry's key.
+# Parameters in order of the text.
 _STATEMENT = """
 WITH a AS (
     SELECT member_id, balance, pending, debt, xmin::text AS version
@@ -83,15 +83,8 @@ WITH a AS (
         a.version IS DISTINCT FROM (SELECT xmin::text FROM points_pointsaccount WHERE member_id = %s) AS raced,
         {campaigns} AS campaigns,
         cardinality({webhooks}) > 0 AS hooks,
-        t.id AS reach_id, t.rank AS reach_rank
-    FROM a
-    CROSS JOIN (
-        SELECT COALESCE(SUM(amount - refunded_amount), 0) + %s::numeric AS spend FROM points_purchase
-        WHERE member_id = %s AND paid_at > %s::timestamptz AND paid_at <= %s::timestamptz
-    ) s
-    LEFT JOIN LATERAL (
-        SELECT id, rank FROM members_tier WHERE is_active AND threshold <= s.spend ORDER BY rank DESC LIMIT 1
-    ) t ON true
+        q.id AS reach_id, q.rank AS reach_rank
+    FROM a CROSS JOIN ({qualification}) q
 ), ok AS (
     SELECT * FROM g
     WHERE NOT raced AND NOT campaigns AND NOT hooks
@@ -169,15 +162,15 @@ def purchase_one_statement(
     message_sql, message_params, send = points_earned_from_cte(
         member, points=earned, store=store, earned_at=paid_at, pending_until=pending_until
     )
-    _member_id, since, until = _qualification_params(member.pk, paid_at)
+    qualification_sql, qualification_params = qualification_query(member.pk, paid_at, plus=amount)
     sql = _STATEMENT.format(
-        campaigns=campaigns_sql, webhooks=webhooks_sql, purchase=purchase_write.sql, message=message_sql,
-        entry_id=_ENTRY_ID,
+        campaigns=campaigns_sql, webhooks=webhooks_sql, qualification=qualification_sql,
+        purchase=purchase_write.sql, message=message_sql, entry_id=next_id_column(PointsEntry),
     )
     store_id, terminal_id = store.pk, terminal.pk if terminal else None
     params = [
         member.pk,  # a
-        member.pk, *campaigns_params, *webhooks_params, amount, member.pk, since, until,  # g
+        member.pk, *campaigns_params, *webhooks_params, *qualification_params,  # g
         tier.pk, tier.rank,  # ok
         *purchase_write.params,  # p
         earned, earned,  # n
