@@ -10,10 +10,8 @@ the response.
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,23 +36,9 @@ from tests.points.factories import by_number, ledger_snapshot, member_in_tier, p
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _create_default_tiers() -> None:
-    from django.apps import apps
-
-    importlib.import_module("members.migrations.0002_defaults").create_tiers(apps, None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _default_tiers_restored(django_db_blocker: Any) -> Iterator[None]:
-    """After the module's last flush, give later tests their default tiers back."""
-    yield
-    with django_db_blocker.unblock():
-        _create_default_tiers()
-
-
 @pytest.fixture(autouse=True)
-def _fresh(transactional_db: Any) -> None:
-    _create_default_tiers()  # an earlier transactional test may have flushed them
+def _fresh() -> None:
+    # (the default tiers a flush removed come back through conftest's _migration_data)
     till._general_until = 0.0  # an earlier test's campaign does not keep this one off the path
 
 
