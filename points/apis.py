@@ -196,7 +196,10 @@ class PurchaseOutputSerializer(serializers.Serializer):
     member_no = serializers.CharField(allow_null=True)
     amount = serializers.DecimalField(max_digits=12, decimal_places=2)
     points_earned = serializers.IntegerField()
-    points_pending = serializers.IntegerField()
+    points_pending = serializers.IntegerField(
+        help_text="Points of this purchase that wait out the pending period before they can be spent "
+        "(0 without one; points that paid clawback debt are not pending)."
+    )
     points_used = serializers.IntegerField()
     cash_paid_by_points = serializers.DecimalField(max_digits=12, decimal_places=2)
     amount_due = serializers.DecimalField(max_digits=12, decimal_places=2)

@@ -256,6 +256,13 @@ def _credit(
     return entry, lot
 
 
+def pending_of(lot: PointsLot | None) -> int:
+    """The points of a credit that are pending: its lot's, when the lot waits
+    for release. Points that paid clawback debt opened no lot and are not
+    pending (the account's ``pending`` grows by the same)."""
+    return lot.original if lot is not None and lot.pending_until is not None else 0
+
+
 def _draw(
     account: PointsAccount,
     *,
@@ -585,7 +592,7 @@ def _purchase_earn(
             account, kind=Kind.EARN, points=earned, at=paid_at, refs=refs, pending_until=pending_until,
             writes=None if points_to_use else (writes, entry_id),
         )
-        pending = earned if lot is not None and lot.pending_until is not None else 0
+        pending = pending_of(lot)
         notify_points_earned(earn_entry, lot=lot, member=member, writes=writes)
     purchase.points_earned, purchase.multiplier = earned, multiplier
     qualification = _purchase_finish(
@@ -853,7 +860,7 @@ def purchase_claim(*, member: Member, store: Store, receipt_no: str, at: datetim
         refs = Refs(source=Source.CLAIM, store=store, purchase=purchase)
         pending_until = purchase.paid_at + timedelta(days=settings.LOYALTY_POINTS_PENDING_DAYS)
         earn_entry, lot = _credit(account, kind=Kind.EARN, points=earned, at=at, refs=refs, pending_until=pending_until)
-        pending = earned if lot is not None and lot.pending_until is not None else 0
+        pending = pending_of(lot)
         notify_points_earned(earn_entry)
     _save(account)
     new_tier = tier_upgrade_if_qualified(member=member, at=at)

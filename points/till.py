@@ -104,7 +104,7 @@ WITH a AS (
     INSERT INTO points_pointslot (member_id, entry_id, original, remaining, earned_at, expires_at, pending_until)
     SELECT %s::bigint, n.entry_id, %s::int - n.paid_down, %s::int - n.paid_down, %s::timestamptz,
         %s::timestamptz, %s::timestamptz
-    FROM n WHERE n.paid_down < %s::int RETURNING id
+    FROM n WHERE n.paid_down < %s::int RETURNING id, original
 ), o AS ({message}
 ), u AS (
     UPDATE points_pointsaccount t SET balance = n.balance_after,
@@ -113,7 +113,7 @@ WITH a AS (
     FROM n WHERE t.member_id = %s RETURNING t.balance, t.pending, t.debt
 )
 SELECT g.member_id IS NOT NULL, g.raced, g.campaigns, g.hooks, n.purchase_id,
-    (SELECT id FROM e), (SELECT id FROM l), (SELECT id FROM o), u.balance, u.pending, u.debt
+    (SELECT id FROM e), (SELECT id FROM l), (SELECT original FROM l), (SELECT id FROM o), u.balance, u.pending, u.debt
 FROM (VALUES (1)) one LEFT JOIN g ON true LEFT JOIN n ON true LEFT JOIN u ON true
 """
 
@@ -183,7 +183,7 @@ def purchase_one_statement(
     with connection.cursor() as cursor:
         execute(cursor, sql, params)
         row = cursor.fetchone()
-    _found, _raced, campaigns, hooks, purchase_id, entry_id, lot_id, message_id, balance, pending, debt = row
+    _found, _raced, campaigns, hooks, purchase_id, entry_id, lot_id, lot_points, message_id, balance, pending, debt = row
     if campaigns or hooks:
         _general_until = time.monotonic() + _GENERAL_FOR_SECONDS
     if purchase_id is None:  # nothing was written (asserted by the statement's shape: every write hangs on p)
@@ -198,7 +198,8 @@ def purchase_one_statement(
         purchase,
         balance=balance,
         spendable=account.spendable,
-        points_pending=earned if lot_id is not None and pending_until is not None else 0,
+        # the lot's points, as services.pending_of: what paid clawback debt is not pending
+        points_pending=lot_points if lot_id is not None and pending_until is not None else 0,
         tier=tier,
         tier_changed=False,
     )

@@ -28,7 +28,7 @@ from points.models import (
     Purchase,
     Refund,
 )
-from points.services import PurchaseResult, Refs, points_credit, purchase_record
+from points.services import PurchaseResult, Refs, points_credit, points_debit, purchase_record, purchase_refund
 
 
 def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
@@ -115,6 +115,20 @@ def points_give(member: Member, points: int, *, at: datetime, expires_at: dateti
         at=at,
         expires_at=expires_at,
     )
+
+
+def clawback_debt(member: Member, store: Store, debt: int) -> None:
+    """Give ``member`` a clawback debt of ``debt`` points as a real member gets
+    one: a purchase earns them, everything is spent, the purchase is refunded.
+    At the current time, with no pending period in force."""
+    receipt = f"D-{member.pk}"
+    purchase_record(
+        store=store, terminal=None, receipt_no=receipt, amount=Decimal(debt), identified=by_number(member)
+    )
+    balance = PointsAccount.objects.get(member=member).balance
+    points_debit(member=member, points=balance, kind=PointsEntry.Kind.REDEEM, refs=Refs(source="benefit"))
+    purchase_refund(store=store, terminal=None, receipt_no=receipt, refund_no=f"RD-{member.pk}", amount=Decimal(debt))
+    assert PointsAccount.objects.get(member=member).debt == debt
 
 
 def account_of(member: Member) -> tuple[int, int, int]:

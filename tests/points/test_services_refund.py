@@ -4,6 +4,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from members.services import member_freeze
 from points.batch import ledger_check, points_expire_due, points_release_pending
@@ -15,6 +16,7 @@ from tests.points.factories import (
     account_of,
     allocations_of,
     buy,
+    clawback_debt,
     entries_of,
     ledger_snapshot,
     local,
@@ -275,6 +277,26 @@ def test_refund_of_spent_points_becomes_debt_paid_down_by_later_credits(store, t
     assert (earn.kind, earn.points, earn.balance_after) == ("earn", 1000, 300)
     new_lot = PointsLot.objects.get(entry=earn)
     assert (new_lot.original, new_lot.remaining) == (300, 300)
+    assert ledger_check().ok
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["at the till", "claimed later"])
+def test_points_that_pay_debt_are_not_reported_pending(store, terminal, member, settings, claimed):
+    # given a clawback debt of 300 points, then a 7-day pending period
+    clawback_debt(member, store, 300)
+    settings.LOYALTY_POINTS_PENDING_DAYS = 7
+    now = timezone.now()
+    # when a ¥1,000 purchase earns 1 000 points (recorded with the member, or without and claimed)
+    if claimed:
+        buy(store=store, terminal=terminal, member=None, receipt_no="R-1", amount="1000.00", at=now)
+        result = purchase_claim(member=member, store=store, receipt_no="R-1", at=now + timedelta(hours=1))
+    else:
+        result = buy(store=store, terminal=terminal, member=member, receipt_no="R-1", amount="1000.00", at=now)
+    # then 300 paid the debt at once and only the other 700 wait, in the answer as in the account
+    assert (result.balance, result.spendable, result.points_pending) == (700, 0, 700)
+    assert account_of(member) == (700, 700, 0)
+    lot = PointsLot.objects.get(entry__purchase__receipt_no="R-1")
+    assert (lot.original, lot.pending_until) == (700, now + timedelta(days=7))
     assert ledger_check().ok
 
 

@@ -30,8 +30,8 @@ from members.services import member_enrol, member_freeze, store_get_or_create, t
 from points import till
 from points.batch import ledger_check
 from points.models import PointsAccount, PointsEntry, PointsLot, Purchase
-from points.services import Refs, points_debit, purchase_record, purchase_refund
-from tests.points.factories import by_number, ledger_snapshot, member_in_tier, points_give
+from points.services import purchase_record
+from tests.points.factories import by_number, clawback_debt, ledger_snapshot, member_in_tier, points_give
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,19 +99,6 @@ def _post(client: APIClient, body: dict[str, Any], **headers: str) -> Any:
     return client.post("/api/v1/terminal/purchases", body, format="json", HTTP_ACCEPT_LANGUAGE="en", **headers)
 
 
-def _debt(member: Member, store: Store, debt: int) -> None:
-    """Clawback debt of ``debt`` points: a purchase earns them, everything is
-    spent, the purchase is refunded (as a real member gets into debt)."""
-    receipt = f"D-{member.pk}"
-    purchase_record(
-        store=store, terminal=None, receipt_no=receipt, amount=Decimal(debt), identified=by_number(member)
-    )
-    balance = PointsAccount.objects.get(member=member).balance
-    points_debit(member=member, points=balance, kind=PointsEntry.Kind.REDEEM, refs=Refs(source="benefit"))
-    purchase_refund(store=store, terminal=None, receipt_no=receipt, refund_no=f"RD-{member.pk}", amount=Decimal(debt))
-    assert PointsAccount.objects.get(member=member).debt == debt
-
-
 def _written(member: Member, receipt_no: str) -> dict[str, Any]:
     """What a purchase wrote, without what differs between two members' rows
     (keys, member, receipt, times taken from the clock)."""
@@ -154,6 +141,7 @@ CASES = {
     "gold member": {"tier": "gold"},
     "debt below the points": {"debt": 30},
     "debt above the points": {"debt": 500},
+    "debt below the points, pending days": {"debt": 30, "pending_days": 7},
     "pending days": {"settings": {"LOYALTY_POINTS_PENDING_DAYS": 7}},
     "year-end expiry": {"settings": {"LOYALTY_POINTS_EXPIRY_POLICY": "year_end"}},
     "by code": {"by_code": True},
@@ -176,7 +164,9 @@ def test_one_statement_writes_what_the_general_path_writes(case, shop, till_clie
             member_in_tier(member, spec["tier"], since=now - timedelta(days=30))
         points_give(member, 100, at=now - timedelta(days=3))
         if "debt" in spec:
-            _debt(member, shop, spec["debt"])
+            clawback_debt(member, shop, spec["debt"])
+    if "pending_days" in spec:  # after the debt was made: its points had to be spendable
+        settings.LOYALTY_POINTS_PENDING_DAYS = spec["pending_days"]
     written, answers = [], []
     # when each buys the same, the first through the general path, the second in one statement
     for index, (member, one_statement) in enumerate(zip(members, (False, True), strict=True)):
@@ -201,6 +191,8 @@ def test_one_statement_writes_what_the_general_path_writes(case, shop, till_clie
     assert written[1] == written[0]
     assert answers[1] == answers[0]
     assert answers[0]["points_earned"] > 0
+    # the points reported pending are those of the lot that waits (what paid debt opened none)
+    assert answers[0]["points_pending"] == sum(lot[0] for lot in written[0]["lots"] if lot[4] is not None)
     assert ledger_check().ok
 
 
