@@ -31,8 +31,6 @@ import re
 import resource
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,9 @@ from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(BASE_DIR / "scripts"))
+import loadkit  # noqa: E402 - scripts/ is not a package
+
 VAR_DIR = Path(os.environ.get("LOYALTY_VAR_DIR", BASE_DIR / "var")).resolve()
 OUT_DIR = VAR_DIR / "bench"
 RUN_DIR = VAR_DIR / "run"
@@ -105,10 +106,6 @@ SCALES: dict[str, dict[str, Any]] = {
     },
 }
 
-GUNICORN_ARGS = ["-w", "5", "-k", "gthread", "--threads", "4"]
-# Not part of the measured configuration: keeps the bench server off the control
-# socket in ~/.gunicorn that another gunicorn (make run) may be using.
-GUNICORN_EXTRA = ["--no-control-socket", "--graceful-timeout", "5"]
 
 
 _T0 = time.monotonic()
@@ -663,69 +660,6 @@ def pgbench(scale: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """gunicorn as in production (no reload, no DEBUG), on a free local port."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, key: str) -> None:
-        self.log_file = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "loyalty.wsgi",
-                *GUNICORN_ARGS,
-                "-b",
-                f"127.0.0.1:{self.port}",
-                *GUNICORN_EXTRA,
-            ],
-            cwd=BASE_DIR,
-            env=self.env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited, see {self.log_path}")
-            with suppress(OSError):
-                status, _body, _seconds = http_call(
-                    self.port, "GET", "/api/v1/bench/floor", {"Authorization": f"Api-Key {key}"}
-                )
-                if status == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"gunicorn did not answer within 90 s, see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
-        self.log_file.close()
-
-
 def http_call(
     port: int,
     method: str,
@@ -814,7 +748,7 @@ def cpu_per_request(before: dict[str, float], after: dict[str, float], wrk_secon
 
 
 def wrk(
-    server: Server,
+    server: loadkit.AppServer,
     mode: str,
     keys_file: Path,
     *,
@@ -882,7 +816,7 @@ def wrk(
     }
 
 
-def wrk_paced(server: Server, mode: str, keys_file: Path, rate: float, **kwargs: Any) -> dict[str, Any]:
+def wrk_paced(server: loadkit.AppServer, mode: str, keys_file: Path, rate: float, **kwargs: Any) -> dict[str, Any]:
     """About ``rate`` requests per second: 8 connections each waiting 8/rate s on average."""
     connections = 8
     delay_ms = connections * 1000.0 / max(rate, 1.0)
@@ -932,7 +866,7 @@ def queries_per_request(keys: list[str], code: str, member_no: str) -> dict[str,
     return counts
 
 
-def idempotent_replay(server: Server, key: str, member_nos: list[str], count: int) -> dict[str, Any]:
+def idempotent_replay(server: loadkit.AppServer, key: str, member_nos: list[str], count: int) -> dict[str, Any]:
     """The same key and body twice: byte-identical, no new rows, replay time vs first."""
     from django.db import connection
 
@@ -1221,7 +1155,7 @@ def staff_session() -> str:
     return session.session_key
 
 
-def report_http(server: Server, months: list[str], requests: int) -> dict[str, Any]:
+def report_http(server: loadkit.AppServer, months: list[str], requests: int) -> dict[str, Any]:
     """``GET /api/v1/reports/monthly`` one after another on a keep-alive
     connection (a manager opening the report), cycling through the months."""
     cookie = f"sessionid={staff_session()}"
@@ -1265,7 +1199,7 @@ def race_coupons_make(members: list[int], count: int, path: Path) -> int:
     return benefit.pk
 
 
-def race(server: Server, keys_file: Path, codes_file: Path, clients: int, benefit_id: int) -> dict[str, Any]:
+def race(server: loadkit.AppServer, keys_file: Path, codes_file: Path, clients: int, benefit_id: int) -> dict[str, Any]:
     """32 tills write off the same coupon at once, round after round (own process),
     then the database: each coupon written off once, with one event."""
     result = subprocess.run(
@@ -1301,7 +1235,7 @@ def _window(rows: list[tuple[float, float, int]], start: float, end: float) -> d
 
 
 def expiry_under_load(
-    server: Server, env: dict[str, str], keys_file: Path, codes_file: Path, rate: float, run_id: str
+    server: loadkit.AppServer, env: dict[str, str], keys_file: Path, codes_file: Path, rate: float, run_id: str
 ) -> dict[str, Any]:
     """The set-based expiry job (own process) while purchases come in at
     ``rate`` (own process): purchase p99 before the job and while it runs."""
@@ -1730,7 +1664,7 @@ def run(scale_name: str) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL",
-            "gunicorn": " ".join(GUNICORN_ARGS),
+            "gunicorn": loadkit.gunicorn_described(),
             "wrk_threads": WRK_THREADS,
         },
         "errors": [],
@@ -1738,7 +1672,7 @@ def run(scale_name: str) -> int:
     if shutil.which("wrk") is None:
         log("wrk is not installed (apt-get install -y wrk): the API figures are not measured")
         r["errors"].append("wrk not installed")
-    server = Server(env, OUT_DIR / "gunicorn.log")
+    server = loadkit.AppServer(env, OUT_DIR / "gunicorn.log")
     t0 = time.monotonic()
 
     def step(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -1826,8 +1760,8 @@ def run(scale_name: str) -> int:
         connection.close()
 
         if shutil.which("wrk"):
-            log(f"starting gunicorn {' '.join(GUNICORN_ARGS)} on {server.url}")
-            server.start(data["keys"][0])
+            log(f"starting gunicorn {loadkit.gunicorn_described()} on {server.url}")
+            server.start()
             duration, conns = scale["duration"], scale["connections"]
             wrk(server, "floor", keys_file, duration=3, connections=conns)  # warm-up
             r["floor"] = step("floor (wrk)", wrk, server, "floor", keys_file, duration=duration, connections=conns)

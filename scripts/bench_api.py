@@ -59,9 +59,8 @@ def main() -> int:
     connection.close()
     scale = bench.SCALES[os.environ.get("SCALE", "full")]
     duration, conns = scale["duration"], scale["connections"]
-    server = bench.Server(env, out / "gunicorn.log")
-    keys = [line.split()[1] for line in keys_file.read_text().splitlines() if line]
-    server.start(keys[0])
+    server = bench.loadkit.AppServer(env, out / "gunicorn.log")
+    server.start()
     r: dict = {}
     run_id = "A" + secrets.token_hex(3)
     try:

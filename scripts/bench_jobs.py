@@ -60,9 +60,8 @@ def main() -> int:
         cursor.execute("CHECKPOINT")
     bench.codes_write(first + offset, CODES, out / "codes.txt")
     connection.close()
-    server = bench.Server(env, out / "gunicorn.log")
-    keys = [line.split()[1] for line in keys_file.read_text().splitlines() if line]
-    server.start(keys[0])
+    server = bench.loadkit.AppServer(env, out / "gunicorn.log")
+    server.start()
     r: dict = {"template": template, "rate": rate, "scale": {"members": members}}
     try:
         r["expiry"] = bench.expiry_under_load(

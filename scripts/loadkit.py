@@ -9,8 +9,8 @@
 - ``app_env``, ``migrate``, ``seed``: a database made ready for the terminal
   API (stores, terminals with real keys, members with an opening balance,
   bearer coupons) through the services, in a subprocess with ``DATABASE_URL``;
-- ``AppServer``: gunicorn as in production (``-k gthread --threads 4``, no
-  DEBUG), on a free local port, with its workers' resident memory;
+- ``AppServer``: gunicorn as in production (``gunicorn.conf.py``, no DEBUG),
+  on a free local port, with its workers' resident memory;
 - ``Http``: a keep-alive HTTP client that reports transport errors instead of
   raising them; ``PurchaseLoad``: client threads posting purchases with an
   ``Idempotency-Key`` and recording every attempt, and retrying the failed ones.
@@ -26,6 +26,7 @@ import json
 import os
 import pwd
 import random
+import runpy
 import secrets
 import shutil
 import signal
@@ -48,10 +49,23 @@ VAR_DIR = Path(os.environ.get("LOYALTY_VAR_DIR", BASE_DIR / "var")).resolve()
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"
-# gunicorn as in production (docs/performance.md): threads per worker and the
-# worker class; the number of workers is the caller's (production runs 5).
-GUNICORN_THREADS = 4
+# gunicorn's production configuration (its workers, worker class, threads).
+GUNICORN_CONF = BASE_DIR / "gunicorn.conf.py"
 SEED_PREFIX = "LOADKIT_SEED "
+
+
+@functools.cache
+def production_gunicorn() -> dict[str, Any]:
+    """The settings of ``gunicorn.conf.py`` that decide capacity, as this
+    machine gives them: ``workers``, ``worker_class``, ``threads``."""
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    return {"workers": conf["workers"], "worker_class": conf["worker_class"], "threads": conf["threads"]}
+
+
+def gunicorn_described(workers: int | None = None) -> str:
+    """``-w 5 -k gthread --threads 4``: the configuration as gunicorn's options."""
+    conf = production_gunicorn()
+    return f"-w {workers or conf['workers']} -k {conf['worker_class']} --threads {conf['threads']}"
 
 
 def free_port() -> int:
@@ -522,31 +536,35 @@ def rss_kib(pid: int) -> int:
 
 
 class AppServer:
-    """``gunicorn loyalty.wsgi -w N -k gthread --threads 4`` on a free port."""
+    """gunicorn as in production: ``gunicorn.conf.py`` (docs/operations.md),
+    no DEBUG, on a free local port; ``workers`` overrides the configuration's
+    number of workers. Up when every worker answers ``/healthz``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int | None = None) -> None:
         self.env = env
         self.log_path = log_path
-        self.workers = workers
+        self.workers = workers or production_gunicorn()["workers"]
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> AppServer:
         self.log_file = self.log_path.open("w")
         self.process = subprocess.Popen(
             [
                 str(VENV_BIN / "gunicorn"),
-                "loyalty.wsgi",
+                "-c",
+                str(GUNICORN_CONF),
                 "-w",
                 str(self.workers),
-                "-k",
-                "gthread",
-                "--threads",
-                str(GUNICORN_THREADS),
                 "-b",
                 f"127.0.0.1:{self.port}",
                 # Not part of the production configuration: keeps off the control
-                # socket in ~/.gunicorn that another gunicorn may be using.
+                # socket in ~/.gunicorn that another gunicorn may be using, and
+                # stops quickly.
                 "--no-control-socket",
                 "--graceful-timeout",
                 "5",

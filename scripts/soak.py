@@ -12,7 +12,7 @@ What it does:
    the services: one store, terminals with real keys, members with 100,000
    points each, bearer coupons.
    A private ``redis-server`` for the cache and the Celery broker.
-2. gunicorn as in production (``-k gthread --threads 4``, ``--workers``, 5 by
+2. gunicorn as in production (``gunicorn.conf.py``; ``--workers``, its 2 per core plus one by
    default), no DEBUG.
 3. Mixed till traffic from client threads in this process, each request with
    its own body: identify by member code (30%), purchase preview (15%),
@@ -406,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         data = loadkit.seed(env, members=args.members, terminals=8, coupons=coupons)
         log(f"seeded {len(data['members'])} members, {len(data['coupons'])} coupons in {data['seconds']} s")
         server = loadkit.AppServer(env, out_dir / "gunicorn.log", workers=args.workers).start()
-        log(f"gunicorn -w {args.workers} -k gthread --threads {loadkit.GUNICORN_THREADS} on port {server.port}")
+        log(f"gunicorn {loadkit.gunicorn_described(server.workers)} on port {server.port}")
         traffic = Traffic(server.port, data, codes_setup(code_secret, step_seconds), f"S{secrets.token_hex(3)}")
 
         capacity = closed_loop(traffic, args.capacity_seconds, CAPACITY_CLIENTS)
@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         redis.stop()
 
     soak = traffic_summary(records, soak_seconds)
-    memory = sampler.summary(args.max_growth_mib * args.workers)
+    memory = sampler.summary(args.max_growth_mib * server.workers)
     log_problems = server_log.count("Traceback") + server_log.count("Internal Server Error")
     problems = []
     if soak["errors"] or warmup_errors:
@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
         "started_at": started_at.isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "database": dbname,
-        "workers": args.workers,
+        "workers": server.workers,
         "members": len(data["members"]),
         "duration": args.duration,
         "capacity_seconds": args.capacity_seconds,
@@ -479,7 +479,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=600, help="seconds of soak at half capacity (default 600)")
     parser.add_argument("--rate", type=float, default=0.0, help="req/s to offer instead of half the measured capacity")
     parser.add_argument("--capacity-seconds", type=int, default=20, help="closed-loop capacity run, also the warm-up")
-    parser.add_argument("--workers", type=int, default=5, help="gunicorn workers (production runs 5)")
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: gunicorn.conf.py's)")
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument(
         "--code-step-seconds",
