@@ -10,7 +10,8 @@
   API (stores, terminals with real keys, members with an opening balance,
   bearer coupons) through the services, in a subprocess with ``DATABASE_URL``;
 - ``AppServer``: gunicorn as in production (``gunicorn.conf.py``, no DEBUG),
-  on a free local port, with its workers' resident memory;
+  on a free local port, with its workers' resident memory; ``app_stack``: all
+  of these together, seeded, for a drill;
 - ``Http``: a keep-alive HTTP client that reports transport errors instead of
   raising them; ``PurchaseLoad``: client threads posting purchases with an
   ``Idempotency-Key`` and recording every attempt, and retrying the failed ones.
@@ -38,8 +39,8 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -611,6 +612,40 @@ class AppServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
         self.log_file.close()
+
+
+@dataclass
+class AppStack:
+    pg: PostgresServer
+    redis: RedisServer
+    env: dict[str, str]
+    data: dict[str, Any]  # what ``seed`` made
+    server: AppServer
+
+
+@contextmanager
+def app_stack(
+    dbname: str, log_dir: Path, *, workers: int = 2, env_overrides: dict[str, str] | None = None, **seed_options: int
+) -> Iterator[AppStack]:
+    """The whole system on servers of its own, for a drill that may stop or
+    crash them: a private PostgreSQL and Redis, database ``dbname`` migrated
+    and seeded (``seed_options``: members, terminals, opening_points, coupons),
+    gunicorn (``workers``) on it; everything stopped on exit, whatever failed."""
+    pg, redis = PostgresServer(), RedisServer()
+    server = None
+    try:
+        pg.start()
+        redis.start()
+        env = app_env(pg.url(dbname), redis, **(env_overrides or {}))
+        database_create_migrated(pg.params(), dbname, env)
+        data = seed(env, **seed_options)
+        server = AppServer(env, log_dir / "gunicorn.log", workers=workers).start()
+        yield AppStack(pg, redis, env, data, server)
+    finally:
+        if server is not None:
+            server.stop()
+        redis.stop()
+        pg.stop()
 
 
 # -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from django.conf import settings
 
 from members.codes import code_for
+from tests.faults import wait_until
 from tests.scripts_import import script_module
 
 lk = script_module("loadkit")
@@ -73,34 +74,16 @@ def _balances_and_counts(cursor: Any) -> tuple[dict[int, int], dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
-    pg = lk.PostgresServer()
-    redis = lk.RedisServer()
-    server = None
-    try:
-        pg.start()
-        redis.start()
-        env = lk.app_env(
-            pg.url(SOURCE_DB),
-            redis,
-            LOYALTY_MEMBER_CODE_SECRET=settings.LOYALTY_MEMBER_CODE_SECRET,
-            LOYALTY_MEMBER_CODE_STEP_SECONDS=str(settings.LOYALTY_MEMBER_CODE_STEP_SECONDS),
-        )
-        lk.database_create_migrated(pg.params(), SOURCE_DB, env)
-        data = lk.seed(env, members=80, terminals=4)
-        server = lk.AppServer(env, tmp_path_factory.mktemp("drill") / "gunicorn.log", workers=2).start()
-        yield Drill(pg, env, data, server)
-    finally:
-        if server is not None:
-            server.stop()
-        redis.stop()
-        pg.stop()
+    codes = {
+        "LOYALTY_MEMBER_CODE_SECRET": settings.LOYALTY_MEMBER_CODE_SECRET,
+        "LOYALTY_MEMBER_CODE_STEP_SECONDS": str(settings.LOYALTY_MEMBER_CODE_STEP_SECONDS),
+    }
+    with lk.app_stack(SOURCE_DB, tmp_path_factory.mktemp("drill"), env_overrides=codes, members=80, terminals=4) as app:
+        yield Drill(app.pg, app.env, app.data, app.server)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the load"
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what="the load")
 
 
 def _run(args: list[str]) -> float:

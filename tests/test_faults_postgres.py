@@ -35,6 +35,7 @@ import pytest
 from django.conf import settings
 
 from members.codes import code_for
+from tests.faults import wait_until
 from tests.scripts_import import script_module
 
 lk = script_module("loadkit")
@@ -67,36 +68,21 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    pg = lk.PostgresServer()
-    redis = lk.RedisServer()
-    server = None
-    try:
-        pg.start()
-        redis.start()
-        # The tests make member codes in this process: the server must accept them.
-        env = lk.app_env(
-            pg.url(DB_NAME),
-            redis,
-            LOYALTY_MEMBER_CODE_SECRET=settings.LOYALTY_MEMBER_CODE_SECRET,
-            LOYALTY_MEMBER_CODE_STEP_SECONDS=str(settings.LOYALTY_MEMBER_CODE_STEP_SECONDS),
-        )
-        lk.database_create_migrated(pg.params(), DB_NAME, env)
-        data = lk.seed(env, members=120, terminals=THREADS, opening_points=OPENING_POINTS)
-        server = lk.AppServer(env, tmp_path_factory.mktemp("pgfault") / "gunicorn.log", workers=2).start()
-        members = data["members"]
-        yield Stack(pg, redis, env, data, server, code_pool=members[30:], earn_members=members[:30])
-    finally:
-        if server is not None:
-            server.stop()
-        redis.stop()
-        pg.stop()
+    # The tests make member codes in this process: the server must accept them.
+    codes = {
+        "LOYALTY_MEMBER_CODE_SECRET": settings.LOYALTY_MEMBER_CODE_SECRET,
+        "LOYALTY_MEMBER_CODE_STEP_SECONDS": str(settings.LOYALTY_MEMBER_CODE_STEP_SECONDS),
+    }
+    with lk.app_stack(
+        DB_NAME, tmp_path_factory.mktemp("pgfault"), env_overrides=codes,
+        members=120, terminals=THREADS, opening_points=OPENING_POINTS,
+    ) as app:
+        members = app.data["members"]
+        yield Stack(app.pg, app.redis, app.env, app.data, app.server, code_pool=members[30:], earn_members=members[:30])
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the load"
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what="the load")
 
 
 def _code(member: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ def _gunicorn(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         "ALLOWED_HOSTS": "loyalty.example.com",
     }
     base = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "LOYALTY_BIND")}
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 - our own gunicorn
         [str(GUNICORN), *args], cwd=BASE_DIR, env=base | production | env, capture_output=True, text=True, timeout=120
     )
 
