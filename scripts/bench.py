@@ -37,7 +37,7 @@ import sys
 import time
 import urllib.parse
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -972,7 +972,11 @@ def job_main(name: str) -> None:
             "max_batch_seconds": round(result.max_batch_seconds, 3),
         }
     elif name == "tiers":
-        result = tiers_evaluate()
+        # The evaluation's instant, given so that the re-run evaluates as of the
+        # same one: evaluated later, spend leaving the 12-month window and
+        # validities ending in between would rightly change rows.
+        as_of = datetime.fromtimestamp(float(sys.argv[3]), tz=UTC) if len(sys.argv) > 3 else None
+        result = tiers_evaluate(as_of=as_of)
         out = {"upgraded": result.upgraded, "downgraded": result.downgraded, "batches": result.batches}
     else:
         report = ledger_check()
@@ -987,9 +991,10 @@ def job_main(name: str) -> None:
     print("BENCH_JOB " + json.dumps(out), flush=True)
 
 
-def job(name: str, env: dict[str, str]) -> dict[str, Any]:
+def job(name: str, env: dict[str, str], *args: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, __file__, "_job", name], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=3600
+        [sys.executable, __file__, "_job", name, *args],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=3600,
     )
     line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JOB ")), None)
     if line is None:
@@ -1876,8 +1881,9 @@ def run(scale_name: str) -> int:
             connection.close()
             r["expiry"] = step("expiry: set-based job (own process)", job, "expire", env)
         r["expiry_rerun"] = step("expiry: re-run", job, "expire", env)
-        r["tiers"] = step("tier evaluation (own process)", job, "tiers", env)
-        r["tiers_rerun"] = step("tier evaluation: re-run", job, "tiers", env)
+        as_of = str(time.time())
+        r["tiers"] = step("tier evaluation (own process)", job, "tiers", env, as_of)
+        r["tiers_rerun"] = step("tier evaluation: re-run as of the same instant", job, "tiers", env, as_of)
         r["storage"] = step("storage per purchase", storage)
         r["ledger_after"] = step("check_ledger after the load", check_ledger_command, env)
     finally:
