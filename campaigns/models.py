@@ -434,7 +434,9 @@ class OutboxMessage(models.Model):
     kind = models.CharField(_("kind"), max_length=20, choices=Kind.choices)
     channel = models.CharField(_("channel"), max_length=16)
     # Nothing is sent twice: the same event for the same member has one key.
-    dedupe_key = models.CharField(_("de-duplication key"), max_length=150, unique=True)
+    # Unique through outbox_dedupe_key_unique (a constraint, not unique=True:
+    # that would add a second, LIKE-pattern index no query uses).
+    dedupe_key = models.CharField(_("de-duplication key"), max_length=150)
     marketing = models.BooleanField(_("marketing"), default=False, help_text=_("Needs the member's consent."))
     payload = models.JSONField(_("payload"), default=dict)
     status = models.CharField(_("status"), max_length=8, choices=Status.choices, default=Status.PENDING)
@@ -448,6 +450,7 @@ class OutboxMessage(models.Model):
         verbose_name = _("outbox message")
         verbose_name_plural = _("outbox messages")
         ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["dedupe_key"], name="outbox_dedupe_key_unique")]
 
     def __str__(self) -> str:
         return f"{self.kind} → {self.member_id} ({self.status})"

@@ -63,7 +63,10 @@ class PointsAccount(models.Model):
 
 class Purchase(models.Model):
     # PROTECT: the ledger refers to purchases; they are never deleted.
-    store = models.ForeignKey(Store, on_delete=models.PROTECT, related_name="purchases", verbose_name=_("store"))
+    # No index of its own: purchase_unique_receipt_per_store leads with the store.
+    store = models.ForeignKey(
+        Store, on_delete=models.PROTECT, related_name="purchases", verbose_name=_("store"), db_index=False
+    )
     terminal = models.ForeignKey(
         Terminal, on_delete=models.PROTECT, null=True, blank=True, related_name="purchases", verbose_name=_("terminal")
     )
@@ -186,7 +189,10 @@ class PointsEntry(models.Model):
         IMPORT = "import", _("Import")
 
     # PROTECT everywhere: ledger rows outlive anything they point to.
-    member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="points_entries", verbose_name=_("member"))
+    # No index of its own: entry_member_time_idx leads with the member.
+    member = models.ForeignKey(
+        Member, on_delete=models.PROTECT, related_name="points_entries", verbose_name=_("member"), db_index=False
+    )
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
     points = models.IntegerField(_("points"))
     balance_after = models.IntegerField(_("balance after"))
@@ -194,8 +200,11 @@ class PointsEntry(models.Model):
     purchase = models.ForeignKey(
         Purchase, on_delete=models.PROTECT, null=True, blank=True, related_name="entries", verbose_name=_("purchase")
     )
+    # Indexed only where set (entry_refund_idx, entry_by_user_idx): most entries
+    # have neither, and a NULL would cost every earn an index insertion.
     refund = models.ForeignKey(
-        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="entries", verbose_name=_("refund")
+        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="entries", verbose_name=_("refund"),
+        db_index=False,
     )
     store = models.ForeignKey(
         Store, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name=_("store")
@@ -210,6 +219,7 @@ class PointsEntry(models.Model):
         blank=True,
         related_name="+",
         verbose_name=_("by operator"),
+        db_index=False,
     )
     reason = models.CharField(_("reason"), max_length=255, blank=True)
     # Free reference for other apps (campaign id, coupon code, import batch…).
@@ -229,7 +239,11 @@ class PointsEntry(models.Model):
                 name="entry_sign_matches_kind",
             ),
         ]
-        indexes = [models.Index(fields=["member", "-created_at", "-id"], name="entry_member_time_idx")]
+        indexes = [
+            models.Index(fields=["member", "-created_at", "-id"], name="entry_member_time_idx"),
+            models.Index(fields=["refund"], condition=Q(refund__isnull=False), name="entry_refund_idx"),
+            models.Index(fields=["by_user"], condition=Q(by_user__isnull=False), name="entry_by_user_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.member_id} {self.kind} {self.points:+d}"
