@@ -50,7 +50,6 @@ import loadkit  # noqa: E402 - scripts/ is not a package
 VAR_DIR = Path(os.environ.get("LOYALTY_VAR_DIR", BASE_DIR / "var")).resolve()
 OUT_DIR = VAR_DIR / "bench"
 RUN_DIR = VAR_DIR / "run"
-VENV_BIN = Path(sys.executable).parent
 BENCH_DB = os.environ.get("BENCH_DB_NAME", "loyalty_bench")
 PGBENCH_DB = f"{BENCH_DB}_pgbench"
 # The bench server's cache and Celery queue live in their own Redis database,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,6 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
         yield Drill(app.pg, app.env, app.data, app.server)
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    wait_until(condition, timeout=timeout, what="the load")
-
-
 def _run(args: list[str]) -> float:
     started = time.monotonic()
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)  # noqa: S603 - PostgreSQL tools
@@ -109,7 +105,7 @@ def test_a_dump_taken_under_purchase_load_restores_to_a_sound_ledger_equal_to_it
     snapshot_conn = drill.connect(SOURCE_DB)
     load.start()
     try:
-        _wait_for(lambda: load.successes() >= 30)
+        wait_until(lambda: load.successes() >= 30, timeout=60, what="30 purchases before the dump")
         # when a snapshot is exported mid-load, its balances read, and pg_dump takes exactly that snapshot
         snapshot_conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with snapshot_conn.cursor() as cursor:
@@ -131,7 +127,7 @@ def test_a_dump_taken_under_purchase_load_restores_to_a_sound_ledger_equal_to_it
         during_dump = load.successes() - at_snapshot
         snapshot_conn.rollback()
         # and the tills go on after it
-        _wait_for(lambda: load.successes() >= at_snapshot + during_dump + 10)
+        wait_until(lambda: load.successes() >= at_snapshot + during_dump + 10, timeout=60, what="10 purchases after the dump")
     finally:
         load.stop()
         snapshot_conn.close()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +81,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(app.pg, app.redis, app.env, app.data, app.server, code_pool=members[30:], earn_members=members[:30])
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    wait_until(condition, timeout=timeout, what="the load")
-
-
 def _code(member: dict[str, Any]) -> str:
     return code_for(member_no=member["no"], secret=member["secret"])[0]
 
@@ -114,12 +110,12 @@ def test_a_postgresql_restart_under_purchase_load_gives_clean_503s_and_retries_c
     postmaster = stack.pg.postmaster_pid()
     load.start()
     try:
-        _wait_for(lambda: load.count() >= 30)
+        wait_until(lambda: load.count() >= 30, timeout=60, what="30 purchases before the restart")
         # when PostgreSQL is restarted (fast) or crashes (immediate) mid-load
         stack.pg.restart(mode)
         restarted_at = load.successes()
         # and the tills go on until 30 more purchases have succeeded
-        _wait_for(lambda: load.successes() >= restarted_at + 30)
+        wait_until(lambda: load.successes() >= restarted_at + 30, timeout=60, what="30 purchases after the restart")
     finally:
         load.stop()
     assert stack.pg.postmaster_pid() != postmaster
@@ -282,7 +278,7 @@ def test_a_session_caught_between_statements_by_a_crash_is_answered_503_not_500(
         bystander = psycopg2.connect(dbname=DB_NAME, **stack.pg.params())
         # when another server process dies (SIGKILL): PostgreSQL ends every session and recovers
         os.kill(bystander.get_backend_pid(), signal.SIGKILL)
-        _wait_for(lambda: not _backend_alive(session_pid), timeout=30)
+        wait_until(lambda: not _backend_alive(session_pid), timeout=30, what="the session's backend to end")
         # and the server is back before the session's next statement (Django's
         # atomic() then reconnects on its way out, so the connection looks healthy)
         _wait_until_accepting(stack)

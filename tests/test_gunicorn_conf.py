@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts_import import script_module
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-sys.path.insert(0, str(BASE_DIR / "scripts"))
-import loadkit  # noqa: E402 - scripts/ is not a package
+loadkit = script_module("loadkit")
 
 
 def _gunicorn(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
