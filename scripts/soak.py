@@ -9,7 +9,7 @@ What it does:
    re-created on the server of ``DATABASE_URL`` or the embedded one (``make
    services`` starts it), or exactly ``--database-url``; migrated (or restored
    from the dump of an earlier migration, ``var/cache/``) and seeded through
-   the services: one store, terminals with real keys, members with 100,000
+   the services: one store, terminals with real keys, members with 1,000,000
    points each, bearer coupons.
    A private ``redis-server`` for the cache and the Celery broker.
 2. gunicorn as in production (``gunicorn.conf.py``; ``--workers``, its 2 per core plus one by
@@ -66,6 +66,7 @@ OUT_DIR = loadkit.VAR_DIR / "soak"
 SOAK_DB = os.environ.get("SOAK_DB_NAME", "loyalty_soak")
 RESULT_PREFIX = "SOAK_RESULT "
 CAPACITY_CLIENTS = 8
+OPENING_POINTS = 1_000_000
 # Share of each operation in the mix (they add up to 100).
 MIX = {
     "identify": 30,
@@ -120,7 +121,7 @@ def codes_setup(secret: str, step_seconds: int) -> Any:
 class Traffic:
     """The mix: picks an operation, builds its request, records its reply."""
 
-    def __init__(self, port: int, data: dict[str, Any], codes: Any, seed: str) -> None:
+    def __init__(self, port: int, data: dict[str, Any], codes: Any, seed: str, opening_points: int) -> None:
         self.port = port
         self.keys = data["keys"]
         self.members = data["members"]
@@ -134,6 +135,21 @@ class Traffic:
         self.counter = 0
         self.records: list[tuple[str, float, int | None, str]] = []  # (op, seconds, status, error code)
         self.fallbacks: collections.Counter[str] = collections.Counter()
+        # Points each member surely still has: the opening balance less every
+        # points_to_use sent for them. Earned points are not counted (they may
+        # wait, or a refund may take them back), refunds giving points back are
+        # not either, so a request never asks for more than the balance holds
+        # and ``insufficient_points`` stays an error of the system.
+        self.points_left: dict[str, int] = {m["no"]: opening_points for m in self.members}
+
+    def _points_to_use(self, member: dict[str, Any], wanted: int, *, spend: bool) -> int:
+        """``wanted`` or what ``member`` surely has left, the smaller; ``spend``
+        books it (a purchase), a preview only looks."""
+        with self.lock:
+            points = min(wanted, self.points_left[member["no"]])
+            if spend:
+                self.points_left[member["no"]] -= points
+            return points
 
     def _n(self) -> int:
         with self.lock:
@@ -189,7 +205,8 @@ class Traffic:
                 body = {"refund_no": f"{self.run}-R{n}", "amount": f"{refund // 100}.{refund % 100:02d}"}
         if op == "purchase_points":
             member = self._code_for_purchase()
-            if member is None:
+            points = self._points_to_use(member, rng.randint(1, amount // 2), spend=True) if member else 0
+            if member is None or points == 0:
                 self.fallbacks["purchase_points"] += 1
                 op = "purchase_earn"
             else:
@@ -198,7 +215,7 @@ class Traffic:
                     "member": self._code(member),
                     "receipt_no": f"{self.run}-P{n}",
                     "amount": money,
-                    "points_to_use": rng.randint(1, amount // 2),
+                    "points_to_use": points,
                 }
         if op == "purchase_earn":
             path = "/api/v1/terminal/purchases"
@@ -207,11 +224,12 @@ class Traffic:
             path, body = "/api/v1/terminal/identify", {"code": self._code(self._member())}
         if op == "preview":
             path = "/api/v1/terminal/purchases/preview"
+            member = self._member()
             body = {
-                "member": self._code(self._member()),
+                "member": self._code(member),
                 "receipt_no": f"{self.run}-V{n}",
                 "amount": money,
-                "points_to_use": rng.randint(0, amount // 2),
+                "points_to_use": self._points_to_use(member, rng.randint(0, amount // 2), spend=False),
             }
         if op not in ("identify", "preview"):
             headers["Idempotency-Key"] = f"{self.run}-{n}-{uuid.uuid4().hex[:8]}"
@@ -378,7 +396,7 @@ def report_print(result: dict[str, Any]) -> None:
         f"slope {memory['slope_mib_per_min']} MiB/min, worker restarts {memory['worker_restarts']}"
     )
     print(f"server log: {result['server_log_problems']} tracebacks / 500s; check_ledger: {result['check_ledger']}")
-    print(f"fallbacks (nothing left to refund / no coupon / no fresh code): {result['fallbacks']}")
+    print(f"fallbacks (nothing left to refund / no coupon / no fresh code or points): {result['fallbacks']}")
     print("RESULT: " + ("PASS" if result["ok"] else "FAIL: " + "; ".join(result["problems"])))
 
 
@@ -403,11 +421,13 @@ def run(args: argparse.Namespace) -> int:
         log(f"database {dbname} {how}")
         # Coupons enough for the soak at up to 150 req/s, and the capacity run.
         coupons = math.ceil((args.duration + args.capacity_seconds) * 150 * MIX["coupon_write_off"] / 100)
-        data = loadkit.seed(env, members=args.members, terminals=8, coupons=coupons)
+        data = loadkit.seed(env, members=args.members, terminals=8, coupons=coupons, opening_points=OPENING_POINTS)
         log(f"seeded {len(data['members'])} members, {len(data['coupons'])} coupons in {data['seconds']} s")
         server = loadkit.AppServer(env, out_dir / "gunicorn.log", workers=args.workers).start()
         log(f"gunicorn {loadkit.gunicorn_described(server.workers)} on port {server.port}")
-        traffic = Traffic(server.port, data, codes_setup(code_secret, step_seconds), f"S{secrets.token_hex(3)}")
+        traffic = Traffic(
+            server.port, data, codes_setup(code_secret, step_seconds), f"S{secrets.token_hex(3)}", OPENING_POINTS
+        )
 
         capacity = closed_loop(traffic, args.capacity_seconds, CAPACITY_CLIENTS)
         warmup_errors = sum(1 for r in traffic.records if r[3])
