@@ -21,12 +21,13 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench  # noqa: E402
 
-CODES = 60_000
+CODES = 120_000
 IDENTIFY_CODES = 20_000
 
 
@@ -53,8 +54,13 @@ def main() -> int:
     bench.codes_write(first, IDENTIFY_CODES, out / "identify.txt")
     bench.codes_write(first + offset, CODES, out / "codes.txt")
     codes = (out / "codes.txt").read_text().split()
+    # Half the codes for the full-load rounds (a share each), half for the half-load run.
     half = len(codes) // 2  # fewer than CODES at SCALE=small
-    (out / "purchase_max.txt").write_text("\n".join(codes[:half]) + "\n")
+    per_round = half // bench.API_ROUNDS
+    purchase_files = []
+    for n in range(bench.API_ROUNDS):
+        purchase_files.append(out / f"purchase_max_{n + 1}.txt")
+        purchase_files[-1].write_text("\n".join(codes[n * per_round : (n + 1) * per_round]) + "\n")
     (out / "purchase_half.txt").write_text("\n".join(codes[half:]) + "\n")
     connection.close()
     scale = bench.SCALES[os.environ.get("SCALE", "full")]
@@ -63,20 +69,24 @@ def main() -> int:
     server.start()
     r: dict = {}
     run_id = "A" + secrets.token_hex(3)
+
+    def step(_name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
     try:
         bench.wrk(server, "floor", keys_file, duration=3, connections=conns)
-        r["floor"] = bench.wrk(server, "floor", keys_file, duration=duration, connections=conns)
-        ident = {"data_file": out / "identify.txt", "duration": duration}
-        r["identify"] = bench.wrk(server, "identify", keys_file, connections=conns, **ident)
-        r["identify_half"] = bench.wrk_paced(server, "identify", keys_file, r["identify"]["rps"] / 2, **ident)
-        r["floor_between"] = bench.wrk(server, "floor", keys_file, duration=duration, connections=conns)
-        r["purchase"] = bench.wrk(
-            server, "purchase", keys_file, data_file=out / "purchase_max.txt", run_id=f"{run_id}a",
-            duration=duration, connections=conns,
+        r.update(
+            bench.api_rounds(
+                server, keys_file, out / "identify.txt", purchase_files, run_id,
+                duration=duration, connections=conns, step=step,
+            )
         )
-        r["floor_after"] = bench.wrk(server, "floor", keys_file, duration=duration, connections=conns)
+        r["identify_half"] = bench.wrk_paced(
+            server, "identify", keys_file, bench.median_rate(r, "identify") / 2,
+            data_file=out / "identify.txt", duration=duration,
+        )
         r["purchase_half"] = bench.wrk_paced(
-            server, "purchase", keys_file, r["purchase"]["rps"] / 2, data_file=out / "purchase_half.txt",
+            server, "purchase", keys_file, bench.median_rate(r, "purchase") / 2, data_file=out / "purchase_half.txt",
             run_id=f"{run_id}b", duration=duration,
         )
     finally:

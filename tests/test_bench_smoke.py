@@ -94,6 +94,43 @@ def test_each_path_is_judged_against_the_floors_measured_on_either_side_of_it():
     assert by_name["purchase with earn throughput"]["value"] == round(210 / 400, 2)
 
 
+def test_each_path_is_judged_by_its_median_round_and_the_errors_of_every_round():
+    # given three rounds whose identify ratios are 0.50, 0.90 and 0.75 × and purchase ratios 0.30, 0.45, 0.42 ×
+    bench = _bench()
+
+    def round_of(floor: float, identify: float, purchase: float, errors: int = 0) -> dict:
+        return {
+            "floor": {"rps": floor, "p99_ms": 50.0, "cpu_ms": {"app": 1.0, "postgres": 0.1, "redis": 0.0, "wrk": 0.1, "total": floor / 1000}},
+            "identify": {"rps": identify * floor, "errors": 0},
+            "floor_between": {"rps": floor, "p99_ms": 50.0},
+            "purchase": {"rps": purchase * floor, "errors": errors},
+            "floor_after": {"rps": floor, "p99_ms": 50.0},
+        }
+
+    rounds = [round_of(1000, 0.50, 0.30), round_of(1100, 0.90, 0.45), round_of(1200, 0.75, 0.42)]
+    run = {**rounds[0], "rounds": rounds}
+    # when
+    by_name = {f["figure"]: f for f in bench.build_figures(run)}
+    # then each path's figure is its middle round's, with every round's ratio said
+    assert by_name["identify throughput"]["value"] == 0.75
+    assert by_name["identify throughput"]["status"] == "pass"
+    assert by_name["identify throughput"]["detail"].startswith("median of 3 rounds (0.50 / 0.75 / 0.90 ×); 900 req/s")
+    assert by_name["purchase with earn throughput"]["value"] == 0.42
+    assert by_name["purchase with earn throughput"]["status"] == "pass"
+    # and the CPU figures are the median round's floor
+    assert by_name["CPU per request: floor"]["value"] == 1.2
+    assert "in 3 rounds: 1,000 / 1,000 / 1,000 / 1,100" in by_name["floor: GET one row by pk"]["detail"]
+    # and the half-load runs take the median round's rate
+    assert bench.median_rate(run, "purchase") == 0.42 * 1200
+
+    # when a round that is not the median had an error
+    rounds[0]["purchase"]["errors"] = 1
+    by_name = {f["figure"]: f for f in bench.build_figures(run)}
+    # then the path fails: every round counts its errors
+    assert by_name["purchase with earn throughput"]["status"] == "FAIL"
+    assert "1 errors" in by_name["purchase with earn throughput"]["detail"]
+
+
 def test_cpu_figures_give_each_process_and_the_purchase_budget_of_the_ratio_target():
     # given CPU per request by process at full load, as wrk() records it
     bench = _bench()
