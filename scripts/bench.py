@@ -1386,23 +1386,34 @@ def api_rounds(
     rounds: list[dict[str, Any]] = []
     for n, purchase_file in enumerate(purchase_files, start=1):
         of = f"round {n}/{len(purchase_files)}"
-        floor = {"duration": duration, "connections": connections}
+        load = {"duration": duration, "connections": connections}
         rounds.append(
             {
-                "floor": step(f"{of}: floor (wrk)", wrk, server, "floor", keys_file, **floor),
+                "floor": step(f"{of}: floor (wrk)", wrk, server, "floor", keys_file, **load),
                 "identify": step(
                     f"{of}: identify at full load (wrk)", wrk, server, "identify", keys_file,
-                    data_file=identify_file, **floor,
+                    data_file=identify_file, **load,
                 ),
-                "floor_between": step(f"{of}: floor again (wrk)", wrk, server, "floor", keys_file, **floor),
+                "floor_between": step(f"{of}: floor again (wrk)", wrk, server, "floor", keys_file, **load),
                 "purchase": step(
                     f"{of}: purchase with earn at full load (wrk)", wrk, server, "purchase", keys_file,
-                    data_file=purchase_file, run_id=f"{run_id}a{n}", **floor,
+                    data_file=purchase_file, run_id=f"{run_id}a{n}", **load,
                 ),
-                "floor_after": step(f"{of}: floor again (wrk)", wrk, server, "floor", keys_file, **floor),
+                "floor_after": step(f"{of}: floor again (wrk)", wrk, server, "floor", keys_file, **load),
             }
         )
     return {**rounds[0], "rounds": rounds}
+
+
+def round_code_files(codes: list[str], stem: Path) -> list[Path]:
+    """``codes`` in ``API_ROUNDS`` equal shares, one file each
+    (``<stem>_1.txt``…): each round's purchases use their own codes."""
+    per_round = len(codes) // API_ROUNDS
+    files = []
+    for n in range(API_ROUNDS):
+        files.append(stem.with_name(f"{stem.name}_{n + 1}.txt"))
+        files[-1].write_text("\n".join(codes[n * per_round : (n + 1) * per_round]) + "\n")
+    return files
 
 
 def _rounds(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1841,11 +1852,7 @@ def run(scale_name: str) -> int:
         # share each), 30% for the half-load run, 20% for the purchases during
         # the expiry job.
         half, eight_tenths = len(codes) // 2, len(codes) * 4 // 5
-        per_round = half // API_ROUNDS
-        purchase_files = []
-        for n in range(API_ROUNDS):
-            purchase_files.append(work / f"codes_purchase_max_{n + 1}.txt")
-            purchase_files[-1].write_text("\n".join(codes[n * per_round : (n + 1) * per_round]) + "\n")
+        purchase_files = round_code_files(codes[:half], work / "codes_purchase_max")
         (work / "codes_purchase_half.txt").write_text("\n".join(codes[half:eight_tenths]) + "\n")
         (work / "codes_purchase_expiry.txt").write_text("\n".join(codes[eight_tenths:]) + "\n")
         spare = list(range(data["first_member"] + sample, data["first_member"] + scale["members"] - 1))

@@ -56,11 +56,7 @@ def main() -> int:
     codes = (out / "codes.txt").read_text().split()
     # Half the codes for the full-load rounds (a share each), half for the half-load run.
     half = len(codes) // 2  # fewer than CODES at SCALE=small
-    per_round = half // bench.API_ROUNDS
-    purchase_files = []
-    for n in range(bench.API_ROUNDS):
-        purchase_files.append(out / f"purchase_max_{n + 1}.txt")
-        purchase_files[-1].write_text("\n".join(codes[n * per_round : (n + 1) * per_round]) + "\n")
+    purchase_files = bench.round_code_files(codes[:half], out / "purchase_max")
     (out / "purchase_half.txt").write_text("\n".join(codes[half:]) + "\n")
     connection.close()
     scale = bench.SCALES[os.environ.get("SCALE", "full")]

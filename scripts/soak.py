@@ -121,8 +121,11 @@ def codes_setup(secret: str, step_seconds: int) -> Any:
 class Traffic:
     """The mix: picks an operation, builds its request, records its reply."""
 
-    def __init__(self, port: int, data: dict[str, Any], codes: Any, seed: str, opening_points: int) -> None:
+    def __init__(
+        self, port: int, data: dict[str, Any], codes: Any, seed: str, opening_points: int, mix: dict[str, int] = MIX
+    ) -> None:
         self.port = port
+        self.mix = mix
         self.keys = data["keys"]
         self.members = data["members"]
         self.coupons = collections.deque(data["coupons"])
@@ -177,7 +180,7 @@ class Traffic:
         return None
 
     def request(self, client: loadkit.Http, rng: random.Random) -> None:
-        op = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        op = rng.choices(list(self.mix), weights=list(self.mix.values()))[0]
         key = self.keys[rng.randrange(len(self.keys))]
         headers = {"Authorization": f"Api-Key {key}"}
         n = self._n()

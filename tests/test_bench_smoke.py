@@ -131,6 +131,19 @@ def test_each_path_is_judged_by_its_median_round_and_the_errors_of_every_round()
     assert "1 errors" in by_name["purchase with earn throughput"]["detail"]
 
 
+def test_each_round_gets_its_own_equal_share_of_the_purchase_codes(tmp_path):
+    # given ten codes
+    bench = _bench()
+    codes = [f"c{n}" for n in range(10)]
+    # when they are split for the rounds
+    files = bench.round_code_files(codes, tmp_path / "codes_purchase_max")
+    # then each round has its own file, equal shares, no code twice
+    shares = [f.read_text().split() for f in files]
+    assert [f.name for f in files] == [f"codes_purchase_max_{n}.txt" for n in range(1, bench.API_ROUNDS + 1)]
+    assert {len(share) for share in shares} == {10 // bench.API_ROUNDS}
+    assert len({code for share in shares for code in share}) == bench.API_ROUNDS * (10 // bench.API_ROUNDS)
+
+
 def test_cpu_figures_give_each_process_and_the_purchase_budget_of_the_ratio_target():
     # given CPU per request by process at full load, as wrk() records it
     bench = _bench()

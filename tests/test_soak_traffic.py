@@ -47,18 +47,11 @@ class Till:
 def test_points_asked_never_exceed_the_opening_balance_less_points_spent():
     # given one member with 50,000 points and a traffic of previews and purchases paying with points
     data = {"keys": ["k"], "members": [{"no": "M1", "secret": "s"}], "coupons": []}
-    traffic = soak.Traffic(0, data, Codes(), "T", 50_000)
-    traffic_mix = dict(soak.MIX)
-    soak.MIX.clear()
-    soak.MIX.update({"preview": 1, "purchase_points": 1})
+    traffic = soak.Traffic(0, data, Codes(), "T", 50_000, mix={"preview": 1, "purchase_points": 1})
     till, rng = Till(), random.Random(7)
-    try:
-        # when it sends 400 requests (each purchase up to ¥600, up to 30,000 points)
-        for _ in range(400):
-            traffic.request(till, rng)
-    finally:
-        soak.MIX.clear()
-        soak.MIX.update(traffic_mix)
+    # when it sends 400 requests (each purchase up to ¥600, up to 30,000 points)
+    for _ in range(400):
+        traffic.request(till, rng)
 
     # then no request asked for more than was left, and the balance was used up
     left, asked_beyond = 50_000, []
