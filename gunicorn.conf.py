@@ -7,13 +7,20 @@ measures, the soak runs and the fault drills start (``scripts/loadkit.py``),
 so the figures in docs/performance.md are this file's. Settings given on the
 command line win over it (``-w``, ``-b``, ``--threads``…).
 
-- ``workers``: 2 per core plus one (5 on the 2-core machines of the bench),
-  or ``WEB_CONCURRENCY``. Every worker holds its own database connections
-  (``threads`` of them, persistent: ``CONN_MAX_AGE``), which is what the
-  PostgreSQL side has to carry (docs/scaling.md: behind a pooler beyond one
-  machine).
-- ``worker_class`` ``gthread`` with 4 threads: a till's request spends most of
-  its time waiting for PostgreSQL, so a worker serves others meanwhile.
+- ``workers``: 4 per core (8 on the 2-core machines of the bench), or
+  ``WEB_CONCURRENCY``. Every worker holds one persistent database connection
+  (``CONN_MAX_AGE``), which is what the PostgreSQL side has to carry
+  (docs/scaling.md: behind a pooler beyond one machine).
+- ``worker_class`` ``gthread`` with 1 thread: one request at a time per
+  process, with keep-alive (the ``sync`` worker closes every connection). A
+  till's request is mostly Python on the CPU; threads of one process take turns
+  on its interpreter lock, and measured on the full bench data that cost more
+  than it saved: 5 workers × 4 threads needed 2.42 ms of CPU per identify and
+  4.1–4.7 ms per purchase, 8 workers × 1 thread 1.95 and 3.5 ms, for 23% more
+  identifies and purchases per second on the same 2 cores (docs/performance.md,
+  session 14). Four processes per core cover a request's waits for PostgreSQL.
+  A long request (an admin export) holds its worker for its whole time: run the
+  admin on a gunicorn of its own where operators run heavy exports.
 - ``bind``: ``LOYALTY_BIND`` (default ``127.0.0.1:8000``; a reverse proxy in
   front terminates TLS).
 - ``timeout`` 30 s: a worker that answers nothing for that long is restarted.
@@ -27,9 +34,9 @@ import os
 
 wsgi_app = "loyalty.wsgi"
 bind = os.environ.get("LOYALTY_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1) + 1)
+workers = int(os.environ.get("WEB_CONCURRENCY") or 4 * (os.cpu_count() or 1))
 worker_class = "gthread"
-threads = 4
+threads = 1
 timeout = 30
 keepalive = 2
 accesslog = None  # the app logs what matters (structured, without personal data)

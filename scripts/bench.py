@@ -1362,7 +1362,8 @@ ROUND_RUNS = ("floor", "identify", "floor_between", "purchase", "floor_after")
 # (measured: 1 / 8 / 5 / 2 / 0), a worker is one core at most (the GIL), and a
 # round whose connections crowd one worker leaves CPU idle (35% during one
 # identify run). Identify measured 0.47 to 0.99 × floor in single rounds of one
-# afternoon, the purchase 0.29 to 0.48 × (docs/performance.md, session 13).
+# afternoon, the purchase 0.29 to 0.48 × (docs/performance.md, session 13;
+# with 4 threads per worker then, one since session 14).
 # Each round opens new connections, so the rounds sample that spread.
 API_ROUNDS = 3
 # A path's ratio to the floor around it in one round: (path, floor before, floor after).

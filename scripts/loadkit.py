@@ -64,7 +64,7 @@ def production_gunicorn() -> dict[str, Any]:
 
 
 def gunicorn_described(workers: int | None = None) -> str:
-    """``-w 5 -k gthread --threads 4``: the configuration as gunicorn's options."""
+    """``-w 8 -k gthread --threads 1``: the configuration as gunicorn's options."""
     conf = production_gunicorn()
     return f"-w {workers or conf['workers']} -k {conf['worker_class']} --threads {conf['threads']}"
 

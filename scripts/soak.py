@@ -12,7 +12,7 @@ What it does:
    the services: one store, terminals with real keys, members with 1,000,000
    points each, bearer coupons.
    A private ``redis-server`` for the cache and the Celery broker.
-2. gunicorn as in production (``gunicorn.conf.py``; ``--workers``, its 2 per core plus one by
+2. gunicorn as in production (``gunicorn.conf.py``; ``--workers``, its 4 per core by
    default), no DEBUG.
 3. Mixed till traffic from client threads in this process, each request with
    its own body: identify by member code (30%), purchase preview (15%),

@@ -45,16 +45,16 @@ def test_gunicorn_started_in_the_project_folder_serves_loyalty_wsgi_with_product
     assert result.returncode == 0, result.stderr
     printed = _printed(_gunicorn("--print-config"))
     assert printed["wsgi_app"] == "loyalty.wsgi"
-    assert (printed["worker_class"], printed["threads"]) == ("gthread", "4")
+    assert (printed["worker_class"], printed["threads"]) == ("gthread", "1")
     assert (printed["timeout"], printed["keepalive"]) == ("30", "2")
 
 
-def test_workers_are_two_per_core_plus_one_unless_web_concurrency_says_otherwise():
+def test_workers_are_four_per_core_unless_web_concurrency_says_otherwise():
     # given no WEB_CONCURRENCY, then 3
     default = _printed(_gunicorn("--print-config"))
     chosen = _printed(_gunicorn("--print-config", WEB_CONCURRENCY="3", LOYALTY_BIND="0.0.0.0:9000"))
     # then
-    assert default["workers"] == str(2 * (os.cpu_count() or 1) + 1)
+    assert default["workers"] == str(4 * (os.cpu_count() or 1))
     assert default["bind"] == "['127.0.0.1:8000']"
     assert (chosen["workers"], chosen["bind"]) == ("3", "['0.0.0.0:9000']")
 
