@@ -15,10 +15,11 @@ command line win over it (``-w``, ``-b``, ``--threads``…).
   process, with keep-alive (the ``sync`` worker closes every connection). A
   till's request is mostly Python on the CPU; threads of one process take turns
   on its interpreter lock, and measured on the full bench data that cost more
-  than it saved: 5 workers × 4 threads needed 2.42 ms of CPU per identify and
-  4.1–4.7 ms per purchase, 8 workers × 1 thread 1.95 and 3.5 ms, for 23% more
-  identifies and purchases per second on the same 2 cores (docs/performance.md,
-  session 14). Four processes per core cover a request's waits for PostgreSQL.
+  than it saved: 8 workers × 1 thread reached identify 0.71–0.76 × floor and the
+  purchase 0.40–0.41 × in all four runs, 5 workers × 4 threads 0.66–0.75 × and
+  0.35–0.41 × (with 8 database connections instead of 20; docs/performance.md,
+  session 14): a modest gain, about the size of the spread between runs. Four
+  processes per core cover a request's waits for PostgreSQL.
   A long request (an admin export) holds its worker for its whole time: run the
   admin on a gunicorn of its own where operators run heavy exports.
 - ``bind``: ``LOYALTY_BIND`` (default ``127.0.0.1:8000``; a reverse proxy in
