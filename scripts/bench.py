@@ -1358,12 +1358,12 @@ FLOOR_RUNS = ("floor", "floor_between", "floor_after")
 ROUND_RUNS = ("floor", "identify", "floor_between", "purchase", "floor_after")
 # That sequence runs API_ROUNDS times and each path's ratio is the median
 # round's. One round is a coin toss on these 2-core machines: wrk's 16
-# keep-alive connections land on gunicorn's 5 workers as they happen to
-# (measured: 1 / 8 / 5 / 2 / 0), a worker is one core at most (the GIL), and a
-# round whose connections crowd one worker leaves CPU idle (35% during one
-# identify run). Identify measured 0.47 to 0.99 × floor in single rounds of one
-# afternoon, the purchase 0.29 to 0.48 × (docs/performance.md, session 13;
-# with 4 threads per worker then, one since session 14).
+# keep-alive connections land on gunicorn's workers as they happen to
+# (measured on 5 workers of 4 threads: 1 / 8 / 5 / 2 / 0), a worker is one core
+# at most (the GIL), and a round whose connections crowd one worker leaves CPU
+# idle (35% during one identify run). Identify measured 0.47 to 0.99 × floor in
+# single rounds of one afternoon, the purchase 0.29 to 0.48 ×
+# (docs/performance.md, session 13; one thread per worker since session 14).
 # Each round opens new connections, so the rounds sample that spread.
 API_ROUNDS = 3
 # A path's ratio to the floor around it in one round: (path, floor before, floor after).
