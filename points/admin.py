@@ -293,6 +293,9 @@ class LedgerSearchMixin:
     search_help_text = _("Member number, phone number or receipt number (exact).")
     search_member_lookup: str | None = "member"
     search_purchase_lookup: str | None = None  # path to a Purchase (or "pk" on purchases)
+    # Path to the member, ANDed with the purchase where rows are indexed by
+    # member and not by purchase (lots: the purchase's member finds them).
+    search_purchase_member_lookup: str | None = None
     search_own_fields: tuple[str, ...] = ()  # exact matches on the model's own columns
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
@@ -307,9 +310,14 @@ class LedgerSearchMixin:
             if member_ids:
                 condition |= Q(**{f"{self.search_member_lookup}__in": member_ids})
         if self.search_purchase_lookup:
-            purchase_ids = list(Purchase.objects.filter(receipt_no=term).values_list("pk", flat=True)[:100])
-            if purchase_ids:
-                condition |= Q(**{f"{self.search_purchase_lookup}__in": purchase_ids})
+            purchases = list(Purchase.objects.filter(receipt_no=term).values_list("pk", "member_id")[:100])
+            if purchases:
+                by_purchase = Q(**{f"{self.search_purchase_lookup}__in": [pk for pk, _member in purchases]})
+                if self.search_purchase_member_lookup:
+                    by_purchase &= Q(
+                        **{f"{self.search_purchase_member_lookup}__in": [m for _pk, m in purchases if m is not None]}
+                    )
+                condition |= by_purchase
         for name in self.search_own_fields:
             condition |= Q(**{name: term})
         if not condition:
@@ -423,6 +431,13 @@ class PointsEntryAdmin(LedgerAdmin):
     ]
     inlines = [LotOpenedInline, AllocationByEntryInline]
 
+    def get_formset_kwargs(self, request: HttpRequest, obj: Any, inline: Any, prefix: str) -> dict[str, Any]:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, LotOpenedInline) and obj is not None and obj.pk:
+            # Lots have no index on their entry: the member's index finds them.
+            kwargs["queryset"] = kwargs["queryset"].filter(member_id=obj.member_id)
+        return kwargs
+
     @admin.display(description=_("receipt number"), ordering="purchase__receipt_no")
     def receipt(self, obj: PointsEntry) -> str:
         return obj.purchase.receipt_no if obj.purchase else ""
@@ -468,6 +483,7 @@ class PointsLotAdmin(LedgerAdmin):
     ]
     list_select_related = ["member", "entry__purchase"]
     search_purchase_lookup = "entry__purchase"
+    search_purchase_member_lookup = "member"
     fields = ["member", "entry", "original", "remaining", "earned_at", "expires_at", "pending_until"]
     inlines = [AllocationByLotInline]
 

@@ -254,7 +254,12 @@ class PointsLot(models.Model):
     first to expire first. ``remaining`` changes only under the account lock."""
 
     member = models.ForeignKey(Member, on_delete=models.PROTECT, related_name="points_lots", verbose_name=_("member"))
-    entry = models.ForeignKey(PointsEntry, on_delete=models.PROTECT, related_name="lots", verbose_name=_("opened by"))
+    # No index of its own: every lookup of an entry's lots also names the
+    # entry's member, and the member's index finds them (a few per member).
+    # Each lot update of the nightly expiry inserted into it at a random page.
+    entry = models.ForeignKey(
+        PointsEntry, on_delete=models.PROTECT, related_name="lots", verbose_name=_("opened by"), db_index=False
+    )
     original = models.IntegerField(_("original points"))
     remaining = models.IntegerField(_("remaining points"))
     earned_at = models.DateTimeField(_("earned at"))

@@ -790,7 +790,9 @@ def purchase_refund(
         if reversed_ > 0:
             debt_before = account.debt
             earn_lots = list(
-                PointsLot.objects.filter(entry__purchase=purchase, entry__kind=Kind.EARN).values_list("pk", flat=True)
+                PointsLot.objects.filter(
+                    member_id=account.member_id, entry__purchase=purchase, entry__kind=Kind.EARN
+                ).values_list("pk", flat=True)
             )
             _draw(
                 account, kind=Kind.REVERSE, points=reversed_, at=at, refs=refs, spendable_only=False,

@@ -582,7 +582,7 @@ def notify_points_earned(
         pending_until = lot.pending_until if lot is not None else None
     else:
         pending_until = (
-            PointsLot.objects.filter(entry=entry, pending_until__isnull=False)
+            PointsLot.objects.filter(member_id=entry.member_id, entry=entry, pending_until__isnull=False)
             .values_list("pending_until", flat=True)
             .first()
         )

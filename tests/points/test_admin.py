@@ -13,7 +13,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from loyalty.models import Heartbeat
@@ -186,6 +188,37 @@ def test_ledger_lists_filter_and_search(history, member, other_member, operator)
     assert list(response.context["cl"].result_list) == [history["refund"]]
     # and a filter on a field that is not offered is refused
     assert client.get(url, {"reason__startswith": "x"}).status_code in (302, 400)
+
+
+def test_lots_of_an_entry_are_found_through_its_member(history, member, other_member, other_store, operator):
+    # given: the same receipt number at another store, for another member
+    # (lots have no index on their entry: each lookup names the member too)
+    from members.services import terminal_create
+
+    other_terminal, _key = terminal_create(store=other_store, name="till-9")
+    other = purchase_record(
+        store=other_store, terminal=other_terminal, receipt_no="R-1", amount=Decimal("80.00"),
+        identified=IdentifiedMember(member=other_member, code_step=None),
+    ).purchase
+    earn = PointsEntry.objects.get(purchase=history["purchase"], kind=PointsEntry.Kind.EARN)
+    client = _client(operator)
+    # when the lots are searched by receipt number
+    response = client.get(_url(PointsLot, "changelist"), {"q": "R-1"})
+    # then the lots opened by both purchases are listed, and no other
+    assert response.status_code == 200
+    assert {(lot.entry_id, lot.member_id) for lot in response.context["cl"].result_list} == {
+        (earn.pk, member.pk),
+        (PointsEntry.objects.get(purchase=other, kind=PointsEntry.Kind.EARN).pk, other_member.pk),
+    }
+    # when the earn entry's page is opened, then it shows the lot it opened
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(_url(PointsEntry, "change", earn.pk))
+    assert response.status_code == 200
+    (inline,) = [f for f in response.context["inline_admin_formsets"] if f.opts.model is PointsLot]
+    assert [form.instance for form in inline.formset.forms] == list(PointsLot.objects.filter(entry=earn))
+    lot_queries = [q["sql"] for q in queries.captured_queries if 'FROM "points_pointslot"' in q["sql"]]
+    assert lot_queries
+    assert all('"points_pointslot"."member_id" =' in sql for sql in lot_queries), lot_queries
 
 
 # -----------------------------------------------------------------------------

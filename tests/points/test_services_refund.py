@@ -4,6 +4,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from members.services import member_freeze
@@ -414,3 +416,31 @@ def test_refund_of_another_members_purchase_touches_only_that_member(store, term
     assert account_of(member) == (100, 0, 0)
     assert account_of(other) == (0, 0, 0)
     assert ledger_check().ok
+
+
+def test_lots_of_a_purchase_are_read_through_the_member(store, terminal, member, settings):
+    # given a claimed receipt whose points are pending, and another member's
+    # purchase (lots have no index on their entry: each lookup of an entry's
+    # lots names the member, whose index finds them)
+    settings.LOYALTY_POINTS_PENDING_DAYS = 7
+    other = MemberFactory()
+    buy(store=store, terminal=terminal, member=other, receipt_no="R-2", amount="300.00", at=T)
+    buy(store=store, terminal=terminal, member=None, receipt_no="R-1", amount="100.00", at=T)
+    with CaptureQueriesContext(connection) as queries:
+        # when it is claimed (the "points earned" message reads the lot's
+        # pending date) and then refunded (the reversal draws its lots first)
+        purchase_claim(member=member, store=store, receipt_no="R-1", at=T + timedelta(days=1))
+        result = _refund(store, terminal, "R-1", "F-1", "100.00", T + timedelta(days=2))
+    # then the points came back out of the claimed lot, the other member's untouched
+    assert result.refund.points_reversed == 100
+    assert account_of(member) == (0, 0, 0)
+    assert account_of(other) == (300, 300, 0)
+    assert ledger_check().ok
+    # and each lookup of lots by their entry named the member too
+    by_entry = [
+        q["sql"]
+        for q in queries.captured_queries
+        if 'FROM "points_pointslot"' in q["sql"] and '"points_pointslot"."entry_id"' in q["sql"]
+    ]
+    assert len(by_entry) == 2, by_entry
+    assert all(f'"points_pointslot"."member_id" = {member.pk}' in sql for sql in by_entry), by_entry
