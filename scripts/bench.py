@@ -969,6 +969,7 @@ def job_main(name: str) -> None:
             "points": result.points,
             "batches": result.batches,
             "max_batch_seconds": round(result.max_batch_seconds, 3),
+            "longest_batch": result.longest_batch,
         }
     elif name == "tiers":
         # The evaluation's instant, given so that the re-run evaluates as of the
@@ -1647,6 +1648,11 @@ def build_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
             "≤ 1 s",
             exp and exp["max_batch_seconds"] <= 1,
             "s",
+            exp
+            and exp.get("longest_batch")
+            and "batch {batch}, {lots:,} lots: accounts' locks {locks} s, statement {statement} s, commit {commit} s".format(
+                **exp["longest_batch"]
+            ),
         )
     )
     figures.append(

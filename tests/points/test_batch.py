@@ -177,6 +177,29 @@ def test_expiry_writes_one_entry_per_member_with_an_allocation_per_lot(store, te
     assert ledger_check().ok
 
 
+def test_expiry_reports_where_its_longest_batch_went_and_logs_slow_batches(member, monkeypatch, caplog):
+    # given two members with a lot due each, and every batch counted as slow
+    import points.batch
+
+    monkeypatch.setattr(points.batch, "SLOW_BATCH_SECONDS", 0.0)
+    due = local(2027, 1, 1)
+    points_give(member, 100, at=local(2025, 6, 1), expires_at=local(2026, 12, 1))
+    points_give(MemberFactory(), 70, at=local(2025, 6, 1), expires_at=local(2026, 6, 1))
+    # when, one member per batch
+    with caplog.at_level("WARNING", logger="points.batch"):
+        result = points_expire_due(as_of=due, batch_size=1)
+    # then the longest batch is named with its phases, which add up to its time
+    longest = result.longest_batch
+    assert longest["batch"] in (1, 2)
+    assert longest["lots"] == 1
+    phases = longest["locks"] + longest["statement"] + longest["commit"]
+    assert abs(phases - result.max_batch_seconds) < 0.005
+    # and each slow batch was logged with its phases
+    logged = [r.getMessage() for r in caplog.records if "points expiry: batch" in r.getMessage()]
+    assert len(logged) == 2
+    assert all("accounts' locks" in m and "statement" in m and "commit" in m for m in logged), logged
+
+
 def test_pending_lots_that_expire_lower_pending_too(store, terminal, member, settings):
     # given pending points whose release never ran
     settings.LOYALTY_POINTS_PENDING_DAYS = 7
